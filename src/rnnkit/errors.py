@@ -10,5 +10,8 @@ from __future__ import annotations
 __all__ = ["RnnkitError"]
 
 
-class RnnkitError(Exception):
-    """A user-facing error: the message says what is wrong and what to do about it."""
+class RnnkitError(ValueError):
+    """A user-facing error: the message says what is wrong and what to do about it.
+
+    A ``ValueError`` too, so configuration dataclasses can raise it for out-of-range values.
+    """

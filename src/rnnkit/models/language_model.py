@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import RnnkitError
 from ..layers import GRU, LSTM, RNN
 
 __all__ = ["LanguageModel", "LanguageModelConfig", "CELLS"]
@@ -51,21 +52,21 @@ class LanguageModelConfig:
         for name in ("vocab_size", "hidden_size", "num_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"LanguageModelConfig: {name} must be a positive integer, got {value!r}")
+                raise RnnkitError(f"LanguageModelConfig: {name} must be a positive integer, got {value!r}")
         if self.embedding_size is None:
             self.embedding_size = self.hidden_size
         if not isinstance(self.embedding_size, int) or self.embedding_size <= 0:
-            raise ValueError(
+            raise RnnkitError(
                 f"LanguageModelConfig: embedding_size must be a positive integer, got {self.embedding_size!r}"
             )
         if self.cell not in CELLS:
-            raise ValueError(
+            raise RnnkitError(
                 f"LanguageModelConfig: unknown cell {self.cell!r}; expected one of {', '.join(CELLS)}"
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LanguageModelConfig: dropout must be in [0, 1), got {self.dropout!r}")
+            raise RnnkitError(f"LanguageModelConfig: dropout must be in [0, 1), got {self.dropout!r}")
         if self.tie_weights and self.embedding_size != self.hidden_size:
-            raise ValueError(
+            raise RnnkitError(
                 "LanguageModelConfig: tie_weights needs embedding_size == hidden_size, got "
                 f"{self.embedding_size} and {self.hidden_size}; drop --embedding-size or --tie-weights"
             )
