@@ -1,0 +1,324 @@
+"""The Triton engine: persistent GPU kernels for one direction of one layer.
+
+Forward: the input projections of all steps are one large matrix product, then one kernel walks
+the time loop (:mod:`.triton_kernels`), fusing ``h @ W_hh^T`` with the gate arithmetic and saving
+the gate activations. Backward: one kernel walks from the last step to the first producing the
+pre-activation gradients of every step and ``dh0``/``dc0``, then the weight and input gradients
+are large matrix products again.
+
+Three paths (see :class:`Plan`), chosen by :func:`plan_for`:
+
+- ``resident``: ``W_hh`` fits in one program, which keeps it on chip for all steps; one launch.
+- ``persistent``: any ``H``; one launch, each program loops over every hidden block and streams
+  ``W_hh`` from L2 each step. Parallel over batch tiles only.
+- ``stepwise``: any ``H``; one launch per step with programs split over batch tiles and hidden
+  blocks (no program waits on another, so it is correct on every backend, the interpreter too).
+
+Works on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (for tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .common import LayerWeights, State
+
+try:
+    import triton
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from . import triton_kernels as K
+
+    #: Triton was imported with ``TRITON_INTERPRET=1``: kernels run in numpy on CPU tensors.
+    INTERPRETED = isinstance(K.fwd_resident_kernel, InterpretedFunction)
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - triton is an optional extra
+    AVAILABLE = False
+    INTERPRETED = False
+
+__all__ = ["AVAILABLE", "INTERPRETED", "PATHS", "Plan", "plan_for", "run", "supports"]
+
+MODE_CODE = {"rnn": 0, "lstm": 1, "gru": 2}
+NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+PATHS = ("resident", "persistent", "stepwise")
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+#: ``W_hh`` bytes one program may hold for the whole sequence (registers / shared memory).
+#: A guess for H100-class chips (LSTM: bf16 up to H = 128, fp32 up to H = 64); tune with
+#: benchmarks/bench_gpu.py, which times every path.
+RESIDENT_MAX_BYTES = 128 * 1024
+#: Above this many ``W_hh`` bytes per batch tile the persistent loop streams too much per
+#: program per step and launching one step at a time over many programs wins (also a guess).
+PERSISTENT_MAX_BYTES = 1024 * 1024
+_INT32_MAX = 2**31 - 1
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to launch the kernels for one problem size.
+
+    ``path`` one of :data:`PATHS`; ``block_b`` batch rows per program; ``block_h`` hidden columns
+    per block (``resident``: all of ``H``, padded to a power of two); ``block_k`` reduction tile;
+    ``num_warps`` per program. Block sizes are powers of two >= 16 (``tl.dot``'s minimum).
+    """
+
+    path: str
+    block_b: int = 16
+    block_h: int = 32
+    block_k: int = 32
+    num_warps: int = 4
+
+    def __post_init__(self) -> None:
+        if self.path not in PATHS:
+            raise ValueError(f"Plan: path must be one of {PATHS}, got {self.path!r}")
+        for name in ("block_b", "block_h", "block_k"):
+            v = getattr(self, name)
+            if v < 16 or v & (v - 1):
+                raise ValueError(f"Plan: {name} must be a power of two >= 16, got {v}")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"Plan: num_warps must be a power of two <= 16, got {self.num_warps}")
+
+
+def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: str | None = None) -> Plan:
+    """The default :class:`Plan` for ``mode`` at batch ``batch`` and hidden size ``hidden_size``;
+    ``path`` forces a path (the block sizes still follow the size)."""
+    HP = max(16, _next_pow2(hidden_size))
+    w_bytes = NUM_GATES[mode] * hidden_size * hidden_size * torch.empty(0, dtype=dtype).element_size()
+    block_b = 16 if batch <= 128 else 32
+    if path is None:
+        if NUM_GATES[mode] * HP * HP * torch.empty(0, dtype=dtype).element_size() <= RESIDENT_MAX_BYTES:
+            path = "resident"
+        elif w_bytes <= PERSISTENT_MAX_BYTES:
+            path = "persistent"
+        else:
+            path = "stepwise"
+    if path == "resident":
+        return Plan("resident", block_b=block_b, block_h=HP, block_k=HP, num_warps=4 if HP <= 64 else 8)
+    block_h = min(64, HP)
+    return Plan(path, block_b=block_b, block_h=block_h, block_k=min(64, HP), num_warps=4)
+
+
+def supports(mode: str, x: Tensor, weights: LayerWeights) -> bool:
+    """Whether this engine can run ``mode`` on ``x`` with ``weights`` (CUDA tensors, or CPU ones
+    under the interpreter; float32/bfloat16/float16; sizes addressable with 32-bit offsets)."""
+    if not AVAILABLE or mode not in MODE_CODE or x.dim() != 3 or x.dtype not in DTYPES:
+        return False
+    # compiled kernels need CUDA tensors; the interpreter works on CPU ones
+    if x.device.type != ("cpu" if INTERPRETED else "cuda"):
+        return False
+    for w in weights:
+        if w is not None and (w.dtype != x.dtype or w.device != x.device):
+            return False
+    T, B, _ = x.shape
+    H = weights.weight_hh.shape[1]
+    return (T + 1) * B * 4 * H <= _INT32_MAX and x.numel() <= _INT32_MAX
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 follows torch's matmul setting (TF32 only when the user allowed it)
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not INTERPRETED:
+        return "tf32"
+    return "ieee"
+
+
+def _flags(mode: str, nonlinearity: str, dtype: torch.dtype) -> dict:
+    return dict(
+        MODE=MODE_CODE[mode],
+        NG=NUM_GATES[mode],
+        RELU=nonlinearity == "relu",
+        PRECISION=_precision(dtype),
+        UPCAST=INTERPRETED and dtype == torch.bfloat16,
+    )
+
+
+class _TritonLayer(torch.autograd.Function):
+    """One direction of one layer; differentiable in ``x``, the state and every weight."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):  # noqa: D401
+        T, B, I = x.shape
+        H = w_hh.shape[1]
+        NG = NUM_GATES[mode]
+        G = NG * H
+        dt = x.dtype
+        flags = _flags(mode, nonlinearity, dt)
+        # Biases fold into the input projection, except GRU's b_hn, which the reset gate scales.
+        bias = None
+        b_hn = x.new_zeros(H)
+        if b_ih is not None:
+            bias = b_ih
+        if b_hh is not None:
+            if mode == "gru":
+                b_hn = b_hh[2 * H :].contiguous()
+                b_hh = torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)])
+            bias = b_hh if bias is None else bias + b_hh
+        x2 = x.reshape(T * B, I)  # (T*B, I)
+        xg = x2 @ w_ih.t() if bias is None else torch.addmm(bias, x2, w_ih.t())  # (T*B, G)
+        xg = xg.view(T, B, G)
+
+        out = torch.empty(T, B, H, dtype=dt, device=x.device)
+        cs = torch.empty(T, B, H, dtype=dt, device=x.device) if mode == "lstm" else out
+        save = torch.empty(T, B, 4 * H, dtype=dt, device=x.device) if mode != "rnn" else out
+        h0 = h0.contiguous()
+        c0 = c0.contiguous() if c0 is not None else h0
+        w_hh = w_hh.contiguous()
+        n_btiles = triton.cdiv(B, plan.block_b)
+        if plan.path == "resident":
+            hn = torch.empty(B, H, dtype=torch.float32, device=x.device)
+            cn = torch.empty_like(hn) if mode == "lstm" else hn
+            K.fwd_resident_kernel[(n_btiles,)](
+                xg, w_hh, b_hn, h0, c0, lens, out, cs, save, hn, cn, T, B, H,
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, num_warps=plan.num_warps, **flags,
+            )  # fmt: skip
+        else:
+            hbuf = torch.empty(2, B, H, dtype=torch.float32, device=x.device)
+            hbuf[0] = h0
+            cn = c0.float().clone() if mode == "lstm" else hbuf  # c only exists for LSTM
+            n_hblocks = triton.cdiv(H, plan.block_h)
+            common = dict(
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, num_warps=plan.num_warps
+            )
+            args = (xg, w_hh, b_hn, lens, hbuf, cn, out, cs, save)
+            if plan.path == "persistent":
+                K.fwd_blocked_kernel[(n_btiles, 1)](
+                    *args, 0, T, B, H, HB_PER_PROG=n_hblocks, SYNC=True, **common, **flags
+                )
+            else:
+                for t in range(T):
+                    K.fwd_blocked_kernel[(n_btiles, n_hblocks)](
+                        *args, t, t + 1, B, H, HB_PER_PROG=1, SYNC=False, **common, **flags
+                    )
+            hn = hbuf[T % 2]
+        ctx.mode, ctx.nonlinearity, ctx.plan = mode, nonlinearity, plan
+        ctx.has_c0 = mode == "lstm"
+        ctx.bias_flags = (b_ih is not None, b_hh is not None)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, lens, out, cs, save)
+        h_n = hn.to(dt)
+        if mode == "lstm":
+            return out, h_n, cn.to(dt)
+        return out, h_n
+
+    @staticmethod
+    def backward(ctx, dout, dh_n, dc_n=None):
+        x, h0, c0, w_ih, w_hh, lens, out, cs, save = ctx.saved_tensors
+        mode, plan = ctx.mode, ctx.plan
+        T, B, I = x.shape
+        H = w_hh.shape[1]
+        G = NUM_GATES[mode] * H
+        dt = x.dtype
+        flags = _flags(mode, ctx.nonlinearity, dt)
+        dev = x.device
+        dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+        dh_n = torch.zeros(B, H, device=dev) if dh_n is None else dh_n.float().contiguous()
+        dc_n = torch.zeros(B, H, device=dev) if dc_n is None else dc_n.float().contiguous()
+        dgi = torch.empty(T, B, G, dtype=dt, device=dev)
+        dgh = torch.empty_like(dgi) if mode == "gru" else dgi
+        dh0 = torch.empty(B, H, dtype=torch.float32, device=dev)
+        n_btiles = triton.cdiv(B, plan.block_b)
+        if plan.path == "resident":
+            dc0 = torch.empty_like(dh0)
+            K.bwd_resident_kernel[(n_btiles,)](
+                w_hh, h0, c0, lens, out, cs, save, dout, dh_n, dc_n, dgi, dgh, dh0, dc0, T, B, H,
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, num_warps=plan.num_warps, **flags,
+            )  # fmt: skip
+        else:
+            direct = dh_n.clone()
+            dc0 = dc_n.clone()
+            n_hblocks = triton.cdiv(H, plan.block_h)
+            common = dict(
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, num_warps=plan.num_warps
+            )
+            args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh, dh0)
+            if plan.path == "persistent":
+                K.bwd_blocked_kernel[(n_btiles, 1)](
+                    *args, T, 0, T, B, H, HB_PER_PROG=n_hblocks, SYNC=True, EPILOGUE=True, **common, **flags
+                )
+            else:
+                grid = (n_btiles, n_hblocks)
+                for u in range(T, 0, -1):
+                    K.bwd_blocked_kernel[grid](
+                        *args, u, u - 1, T, B, H, HB_PER_PROG=1, SYNC=False, EPILOGUE=False, **common, **flags
+                    )
+                K.bwd_blocked_kernel[grid](
+                    *args, 0, 0, T, B, H, HB_PER_PROG=1, SYNC=False, EPILOGUE=True, **common, **flags
+                )
+
+        dgi2 = dgi.view(T * B, G)  # (T*B, G)
+        dgh2 = dgh.view(T * B, G)
+        dx = (dgi2 @ w_ih).view(T, B, I) if ctx.needs_input_grad[0] else None
+        dw_ih = dgi2.t() @ x.reshape(T * B, I) if ctx.needs_input_grad[3] else None
+        dw_hh = None
+        if ctx.needs_input_grad[4]:
+            # h before step t is h0 at t = 0 and out[t - 1] after (where it matters: valid steps)
+            dw_hh = dgh[0].t() @ h0
+            if T > 1:
+                dw_hh = dw_hh + dgh2[B:].t() @ out[:-1].reshape((T - 1) * B, H)
+        has_bih, has_bhh = ctx.bias_flags
+        db_ih = (
+            torch.sum(dgi2, 0, dtype=torch.float32).to(dt) if has_bih and ctx.needs_input_grad[5] else None
+        )
+        db_hh = (
+            torch.sum(dgh2, 0, dtype=torch.float32).to(dt) if has_bhh and ctx.needs_input_grad[6] else None
+        )
+        dh0_out = dh0.to(h0.dtype) if ctx.needs_input_grad[1] else None
+        dc0_out = dc0.to(c0.dtype) if ctx.has_c0 and ctx.needs_input_grad[2] else None
+        return dx, dh0_out, dc0_out, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+
+
+def run(
+    mode: str,
+    x: Tensor,
+    state: State,
+    weights: LayerWeights,
+    lengths: Tensor | None = None,
+    nonlinearity: str = "tanh",
+    *,
+    plan: Plan | None = None,
+) -> tuple[Tensor, State]:
+    """Run one direction of one layer over ``x`` with the Triton kernels.
+
+    Shapes: ``x`` ``(T, B, I)``; ``state`` ``(h0,)`` or ``(h0, c0)`` each ``(B, H)``; ``weights``
+    ``weight_ih`` ``(G, I)``, ``weight_hh`` ``(G, H)``, biases ``(G,)`` or ``None``; ``lengths``
+    ``(B,)`` int64 in ``[1, T]`` or ``None``. Returns ``output`` ``(T, B, H)`` (zero past each
+    sequence's end) and the state at each sequence's last valid step. ``plan`` overrides
+    :func:`plan_for` (tests and benchmarks use it to pick a path).
+    """
+    if not supports(mode, x, weights):
+        raise ValueError(
+            f"triton engine: expected mode in {tuple(MODE_CODE)} and a 3-d float32/bfloat16/float16 "
+            f"{'CPU (interpreter)' if INTERPRETED else 'CUDA'} input with matching weights, got mode "
+            f"{mode!r}, {x.dtype} {tuple(x.shape)} on {x.device}"
+            + ("" if AVAILABLE else " (triton is not installed)")
+        )
+    T, B, _ = x.shape
+    H = weights.weight_hh.shape[1]
+    if plan is None:
+        plan = plan_for(mode, B, H, x.dtype)
+    if plan.path == "resident" and plan.block_h < H:
+        raise ValueError(f"triton engine: resident plan needs block_h >= H = {H}, got {plan.block_h}")
+    if lengths is None:
+        lens = torch.full((B,), T, dtype=torch.int64, device=x.device)
+    else:
+        lens = lengths.to(device=x.device, dtype=torch.int64).contiguous()
+    c0 = state[1] if mode == "lstm" else None
+    res = _TritonLayer.apply(
+        x.contiguous(),
+        state[0],
+        c0,
+        weights.weight_ih.contiguous(),
+        weights.weight_hh,
+        weights.bias_ih,
+        weights.bias_hh,
+        lens,
+        mode,
+        nonlinearity,
+        plan,
+    )
+    return res[0], tuple(res[1:])

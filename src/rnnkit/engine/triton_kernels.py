@@ -1,0 +1,571 @@
+"""Triton kernels for the recurrent part of RNN, LSTM and GRU layers (forward and backward).
+
+The input projections of every step are one large matrix product done by the caller
+(:mod:`.triton_engine`), so these kernels only walk the dependent chain over time.
+``MODE`` selects the cell: 0 RNN (``RELU`` picks relu over tanh), 1 LSTM, 2 GRU; ``NG`` is the
+number of gate blocks (1, 4, 3) so ``G = NG * H``.
+
+Two families:
+
+- ``*_resident_kernel``: the fast path when the whole ``W_hh`` fits in one program. One launch
+  covers all ``T`` steps; each program owns ``BLOCK_B`` batch rows, loads ``W_hh`` once into
+  registers before the time loop and keeps ``h`` (and ``c``, ``dh``, ``dc``) there, so a step
+  costs ``NG`` small matrix products plus fused gate arithmetic and no global round trip.
+- ``*_blocked_kernel``: any hidden size. ``h`` lives in a small fp32 workspace and ``W_hh`` is
+  read tile by tile (from L2) every step. With ``SYNC`` one program loops over every hidden
+  block and all steps (one launch, a barrier between steps); without it the host launches one
+  step at a time on a grid split over the hidden dimension, since programs cannot wait on each
+  other (and the interpreter runs programs one after another, so spin-waits would deadlock).
+
+Layouts (all contiguous): ``xg`` ``(T, B, G)`` input projections with biases folded in (GRU keeps
+``b_hn`` apart, the reset gate scales it); ``w`` ``(G, H)`` = ``weight_hh``; ``out`` ``(T, B, H)``;
+``cs`` ``(T, B, H)`` LSTM cell states; ``save`` ``(T, B, 4H)`` gate activations (LSTM ``i, f, g, o``,
+GRU ``r, z, n, W_hn h + b_hn``); ``dgi``/``dgh`` ``(T, B, G)`` gradients of the input-side and
+hidden-side pre-activations (the same buffer except for GRU). Steps ``t >= lens[b]`` freeze the
+state, write a zero output and a zero gate gradient.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # tanh from the sigmoid: exact enough in fp32 and free of libdevice, so the interpreter runs it
+    return 2.0 * _sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _mm(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``acc + a @ b`` in fp32. ``UPCAST`` works around the interpreter's bf16 dot (it multiplies
+    the raw uint16 bits); bf16 values are exact in fp32, so the result is the same product."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _load_prev(first_ptr, seq_ptr, t, off, mask, BH):
+    """State before step ``t``: ``first`` at ``t == 0``, else ``seq[t - 1]`` (two masked loads, no branch)."""
+    tt = t + tl.zeros_like(off)  # scalar conditions as tensors: the interpreter rejects scalar masks
+    a = tl.load(first_ptr + off, mask=mask & (tt == 0), other=0.0).to(tl.float32)
+    b = tl.load(seq_ptr + (t - 1) * BH + off, mask=mask & (tt > 0), other=0.0).to(tl.float32)
+    return a + b
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast path: W_hh resident in one program
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def fwd_resident_kernel(
+    xg_ptr,
+    w_ptr,
+    bhn_ptr,
+    h0_ptr,
+    c0_ptr,
+    lens_ptr,
+    out_ptr,
+    cs_ptr,
+    save_ptr,
+    hn_ptr,
+    cn_ptr,
+    T,
+    B,
+    H,
+    MODE: tl.constexpr,
+    NG: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    cmask = cols < H
+    m2 = rmask[:, None] & cmask[None, :]
+    lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
+    st = rows[:, None] * H + cols[None, :]  # (BLOCK_B, BLOCK_H) offsets into (B, H)
+    gt = rows[:, None] * (NG * H) + cols[None, :]  # gate-0 offsets into (B, G)
+    sv = rows[:, None] * (4 * H) + cols[None, :]  # offsets into (B, 4H)
+    # W_hh^T per gate, (BLOCK_H in, BLOCK_H out): loaded once, reused by every step
+    wt = cols[None, :] * H + cols[:, None]
+    wm = cmask[None, :] & cmask[:, None]
+    w0 = tl.load(w_ptr + wt, mask=wm, other=0.0)
+    if NG > 1:
+        w1 = tl.load(w_ptr + H * H + wt, mask=wm, other=0.0)
+        w2 = tl.load(w_ptr + 2 * H * H + wt, mask=wm, other=0.0)
+    if NG > 3:
+        w3 = tl.load(w_ptr + 3 * H * H + wt, mask=wm, other=0.0)
+    if MODE == 2:
+        bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    h = tl.load(h0_ptr + st, mask=m2, other=0.0).to(tl.float32)
+    if MODE == 1:
+        c = tl.load(c0_ptr + st, mask=m2, other=0.0).to(tl.float32)
+    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    BH = B * H
+    for t in range(T):
+        valid = (t < lens)[:, None]
+        hb = h.to(w_ptr.dtype.element_ty)
+        xg = xg_ptr + t * (B * NG * H) + gt
+        if MODE == 0:
+            a = _mm(hb, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST)
+            if RELU:
+                h_new = tl.maximum(a, 0.0)
+            else:
+                h_new = _tanh(a)
+        elif MODE == 1:
+            i = _sigmoid(_mm(hb, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
+            f = _sigmoid(_mm(hb, w1, tl.load(xg + H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
+            g = _tanh(_mm(hb, w2, tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
+            o = _sigmoid(
+                _mm(hb, w3, tl.load(xg + 3 * H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST)
+            )
+            c_new = f * c + i * g
+            h_new = o * _tanh(c_new)
+            sp = save_ptr + t * (4 * BH) + sv
+            tl.store(sp, i.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + H, f.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + 2 * H, g.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + 3 * H, o.to(save_ptr.dtype.element_ty), mask=m2)
+            c = tl.where(valid, c_new, c)
+            tl.store(cs_ptr + t * BH + st, c.to(cs_ptr.dtype.element_ty), mask=m2)
+        else:
+            r = _sigmoid(_mm(hb, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
+            z = _sigmoid(_mm(hb, w1, tl.load(xg + H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
+            hn = _mm(hb, w2, zero, PRECISION, UPCAST) + bhn[None, :]
+            n = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + r * hn)
+            h_new = (1.0 - z) * n + z * h
+            sp = save_ptr + t * (4 * BH) + sv
+            tl.store(sp, r.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + H, z.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + 2 * H, n.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + 3 * H, hn.to(save_ptr.dtype.element_ty), mask=m2)
+        h = tl.where(valid, h_new, h)
+        tl.store(out_ptr + t * BH + st, tl.where(valid, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=m2)
+    tl.store(hn_ptr + st, h, mask=m2)
+    if MODE == 1:
+        tl.store(cn_ptr + st, c, mask=m2)
+
+
+@triton.jit
+def _bwd_cell(
+    dh,
+    dc,
+    t,
+    valid,
+    m2,
+    st,
+    sv,
+    gt,
+    h0_ptr,
+    c0_ptr,
+    out_ptr,
+    cs_ptr,
+    save_ptr,
+    dout_ptr,
+    dgi_ptr,
+    dgh_ptr,
+    B,
+    H,
+    MODE: tl.constexpr,
+    NG: tl.constexpr,
+    RELU: tl.constexpr,
+):
+    """Backward of one step on one tile: stores the gate gradients and returns
+    ``(d0, d1, d2, d3, direct, dc_prev)`` where ``d*`` are the hidden-side pre-activation
+    gradients (cast for the ``W_hh`` product) and ``direct`` the part of ``dh_prev`` that does
+    not go through ``W_hh``. Invalid rows get zero gate gradients and pass ``dh``/``dc`` through."""
+    BH = B * H
+    dht = dh + tl.load(dout_ptr + t * BH + st, mask=m2, other=0.0).to(tl.float32)
+    gi = dgi_ptr + t * (NG * BH) + gt
+    cdt = dgi_ptr.dtype.element_ty
+    if MODE == 0:
+        ht = tl.load(out_ptr + t * BH + st, mask=m2, other=0.0).to(tl.float32)
+        if RELU:
+            dp = tl.where(ht > 0.0, dht, 0.0)
+        else:
+            dp = dht * (1.0 - ht * ht)
+        d0 = tl.where(valid, dp, 0.0).to(cdt)
+        tl.store(gi, d0, mask=m2)
+        d1 = d0
+        d2 = d0
+        d3 = d0
+        direct = tl.where(valid, 0.0, dh)
+        dc_prev = dc
+    elif MODE == 1:
+        sp = save_ptr + t * (4 * BH) + sv
+        i = tl.load(sp, mask=m2, other=0.0).to(tl.float32)
+        f = tl.load(sp + H, mask=m2, other=0.0).to(tl.float32)
+        g = tl.load(sp + 2 * H, mask=m2, other=0.0).to(tl.float32)
+        o = tl.load(sp + 3 * H, mask=m2, other=0.0).to(tl.float32)
+        c_t = tl.load(cs_ptr + t * BH + st, mask=m2, other=0.0).to(tl.float32)
+        c_p = _load_prev(c0_ptr, cs_ptr, t, st, m2, BH)
+        tc = _tanh(c_t)
+        dct = dc + dht * o * (1.0 - tc * tc)
+        d0 = tl.where(valid, dct * g * i * (1.0 - i), 0.0).to(cdt)
+        d1 = tl.where(valid, dct * c_p * f * (1.0 - f), 0.0).to(cdt)
+        d2 = tl.where(valid, dct * i * (1.0 - g * g), 0.0).to(cdt)
+        d3 = tl.where(valid, dht * tc * o * (1.0 - o), 0.0).to(cdt)
+        tl.store(gi, d0, mask=m2)
+        tl.store(gi + H, d1, mask=m2)
+        tl.store(gi + 2 * H, d2, mask=m2)
+        tl.store(gi + 3 * H, d3, mask=m2)
+        direct = tl.where(valid, 0.0, dh)
+        dc_prev = tl.where(valid, dct * f, dc)
+    else:
+        sp = save_ptr + t * (4 * BH) + sv
+        r = tl.load(sp, mask=m2, other=0.0).to(tl.float32)
+        z = tl.load(sp + H, mask=m2, other=0.0).to(tl.float32)
+        n = tl.load(sp + 2 * H, mask=m2, other=0.0).to(tl.float32)
+        hn = tl.load(sp + 3 * H, mask=m2, other=0.0).to(tl.float32)
+        hp = _load_prev(h0_ptr, out_ptr, t, st, m2, BH)
+        dpn = dht * (1.0 - z) * (1.0 - n * n)
+        d0 = tl.where(valid, dpn * hn * r * (1.0 - r), 0.0).to(cdt)
+        d1 = tl.where(valid, dht * (hp - n) * z * (1.0 - z), 0.0).to(cdt)
+        d2 = tl.where(valid, dpn * r, 0.0).to(cdt)  # through W_hn h + b_hn
+        d3 = d2
+        tl.store(gi, d0, mask=m2)
+        tl.store(gi + H, d1, mask=m2)
+        tl.store(gi + 2 * H, tl.where(valid, dpn, 0.0).to(cdt), mask=m2)  # through W_in x + b_in
+        gh = dgh_ptr + t * (NG * BH) + gt
+        tl.store(gh, d0, mask=m2)
+        tl.store(gh + H, d1, mask=m2)
+        tl.store(gh + 2 * H, d2, mask=m2)
+        direct = tl.where(valid, dht * z, dh)
+        dc_prev = dc
+    return d0, d1, d2, d3, direct, dc_prev
+
+
+@triton.jit
+def bwd_resident_kernel(
+    w_ptr,
+    h0_ptr,
+    c0_ptr,
+    lens_ptr,
+    out_ptr,
+    cs_ptr,
+    save_ptr,
+    dout_ptr,
+    dhn_ptr,
+    dcn_ptr,
+    dgi_ptr,
+    dgh_ptr,
+    dh0_ptr,
+    dc0_ptr,
+    T,
+    B,
+    H,
+    MODE: tl.constexpr,
+    NG: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    cmask = cols < H
+    m2 = rmask[:, None] & cmask[None, :]
+    lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
+    st = rows[:, None] * H + cols[None, :]
+    gt = rows[:, None] * (NG * H) + cols[None, :]
+    sv = rows[:, None] * (4 * H) + cols[None, :]
+    # W_hh per gate as stored, (BLOCK_H out, BLOCK_H in): dh_prev = sum_k d_k @ W_k
+    wo = cols[:, None] * H + cols[None, :]
+    wm = cmask[:, None] & cmask[None, :]
+    w0 = tl.load(w_ptr + wo, mask=wm, other=0.0)
+    if NG > 1:
+        w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0)
+        w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0)
+    if NG > 3:
+        w3 = tl.load(w_ptr + 3 * H * H + wo, mask=wm, other=0.0)
+    dh = tl.load(dhn_ptr + st, mask=m2, other=0.0).to(tl.float32)
+    dc = tl.load(dcn_ptr + st, mask=m2, other=0.0).to(tl.float32)
+    for s in range(T):
+        t = T - 1 - s
+        valid = (t < lens)[:, None]
+        d0, d1, d2, d3, direct, dc = _bwd_cell(
+            dh, dc, t, valid, m2, st, sv, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr,
+            dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU,
+        )  # fmt: skip
+        acc = _mm(d0, w0, direct, PRECISION, UPCAST)
+        if NG > 1:
+            acc = _mm(d1, w1, acc, PRECISION, UPCAST)
+            acc = _mm(d2, w2, acc, PRECISION, UPCAST)
+        if NG > 3:
+            acc = _mm(d3, w3, acc, PRECISION, UPCAST)
+        dh = acc
+    tl.store(dh0_ptr + st, dh, mask=m2)
+    tl.store(dc0_ptr + st, dc, mask=m2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Any hidden size: W_hh streamed tile by tile, state through an fp32 workspace
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def fwd_blocked_kernel(
+    xg_ptr,
+    w_ptr,
+    bhn_ptr,
+    lens_ptr,
+    hbuf_ptr,
+    cbuf_ptr,
+    out_ptr,
+    cs_ptr,
+    save_ptr,
+    t_begin,
+    t_end,
+    B,
+    H,
+    MODE: tl.constexpr,
+    NG: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    HB_PER_PROG: tl.constexpr,
+    SYNC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Steps ``t_begin <= t < t_end``. ``hbuf`` ``(2, B, H)`` fp32 double-buffers ``h`` (step ``t``
+    reads slot ``t % 2``); ``cbuf`` ``(B, H)`` fp32 holds ``c``, which only its own block touches.
+    Program ``(pid_b, pid_h)`` owns batch tile ``pid_b`` and hidden blocks
+    ``pid_h * HB_PER_PROG ...``."""
+    pid_b = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
+    kk = tl.arange(0, BLOCK_K)
+    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    BH = B * H
+    for t in range(t_begin, t_end):
+        src = hbuf_ptr + (t % 2) * BH
+        dst = hbuf_ptr + ((t + 1) % 2) * BH
+        valid = (t < lens)[:, None]
+        for jj in range(HB_PER_PROG):
+            cols = (pid_h * HB_PER_PROG + jj) * BLOCK_H + tl.arange(0, BLOCK_H)
+            cmask = cols < H
+            m2 = rmask[:, None] & cmask[None, :]
+            st = rows[:, None] * H + cols[None, :]
+            acc0 = zero
+            acc1 = zero
+            acc2 = zero
+            acc3 = zero
+            for k0 in range(0, H, BLOCK_K):
+                ks = k0 + kk
+                kmask = ks < H
+                hk = tl.load(
+                    src + rows[:, None] * H + ks[None, :],
+                    mask=rmask[:, None] & kmask[None, :],
+                    other=0.0,
+                    cache_modifier=".cg",
+                ).to(w_ptr.dtype.element_ty)
+                wt = w_ptr + cols[None, :] * H + ks[:, None]  # W^T tile (BLOCK_K, BLOCK_H) of gate 0
+                wm = kmask[:, None] & cmask[None, :]
+                acc0 = _mm(hk, tl.load(wt, mask=wm, other=0.0), acc0, PRECISION, UPCAST)
+                if NG > 1:
+                    acc1 = _mm(hk, tl.load(wt + H * H, mask=wm, other=0.0), acc1, PRECISION, UPCAST)
+                    acc2 = _mm(hk, tl.load(wt + 2 * H * H, mask=wm, other=0.0), acc2, PRECISION, UPCAST)
+                if NG > 3:
+                    acc3 = _mm(hk, tl.load(wt + 3 * H * H, mask=wm, other=0.0), acc3, PRECISION, UPCAST)
+            h = tl.load(src + st, mask=m2, other=0.0, cache_modifier=".cg")
+            xg = xg_ptr + t * (NG * BH) + rows[:, None] * (NG * H) + cols[None, :]
+            sp = save_ptr + t * (4 * BH) + rows[:, None] * (4 * H) + cols[None, :]
+            if MODE == 0:
+                a = acc0 + tl.load(xg, mask=m2, other=0.0).to(tl.float32)
+                if RELU:
+                    h_new = tl.maximum(a, 0.0)
+                else:
+                    h_new = _tanh(a)
+            elif MODE == 1:
+                i = _sigmoid(acc0 + tl.load(xg, mask=m2, other=0.0).to(tl.float32))
+                f = _sigmoid(acc1 + tl.load(xg + H, mask=m2, other=0.0).to(tl.float32))
+                g = _tanh(acc2 + tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32))
+                o = _sigmoid(acc3 + tl.load(xg + 3 * H, mask=m2, other=0.0).to(tl.float32))
+                c = tl.load(cbuf_ptr + st, mask=m2, other=0.0)
+                c_new = f * c + i * g
+                h_new = o * _tanh(c_new)
+                tl.store(sp, i.to(save_ptr.dtype.element_ty), mask=m2)
+                tl.store(sp + H, f.to(save_ptr.dtype.element_ty), mask=m2)
+                tl.store(sp + 2 * H, g.to(save_ptr.dtype.element_ty), mask=m2)
+                tl.store(sp + 3 * H, o.to(save_ptr.dtype.element_ty), mask=m2)
+                c = tl.where(valid, c_new, c)
+                tl.store(cbuf_ptr + st, c, mask=m2)
+                tl.store(cs_ptr + t * BH + st, c.to(cs_ptr.dtype.element_ty), mask=m2)
+            else:
+                bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+                r = _sigmoid(acc0 + tl.load(xg, mask=m2, other=0.0).to(tl.float32))
+                z = _sigmoid(acc1 + tl.load(xg + H, mask=m2, other=0.0).to(tl.float32))
+                hn = acc2 + bhn[None, :]
+                n = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + r * hn)
+                h_new = (1.0 - z) * n + z * h
+                tl.store(sp, r.to(save_ptr.dtype.element_ty), mask=m2)
+                tl.store(sp + H, z.to(save_ptr.dtype.element_ty), mask=m2)
+                tl.store(sp + 2 * H, n.to(save_ptr.dtype.element_ty), mask=m2)
+                tl.store(sp + 3 * H, hn.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(dst + st, tl.where(valid, h_new, h), mask=m2)
+            tl.store(out_ptr + t * BH + st, tl.where(valid, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=m2)
+        if SYNC:
+            # the next step reads h blocks that other threads of this program just wrote
+            tl.debug_barrier()
+
+
+@triton.jit
+def _hidden_grad_block(
+    dg_ptr,
+    w_ptr,
+    direct_ptr,
+    u,
+    T,
+    B,
+    H,
+    rows,
+    rmask,
+    cols,
+    cmask,
+    NG: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """``dh`` flowing into step ``u - 1`` on one tile: ``direct + sum_k dg[u, :, k] @ W_k``
+    (``dg[u]`` is zero past the last step, ``u == T``)."""
+    st = rows[:, None] * H + cols[None, :]
+    acc = tl.load(direct_ptr + st, mask=rmask[:, None] & cmask[None, :], other=0.0, cache_modifier=".cg")
+    live = (u + tl.zeros_like(rows)) < T  # a tensor: the interpreter rejects scalar masks
+    kk = tl.arange(0, BLOCK_K)
+    base = dg_ptr + u * (B * NG * H) + rows[:, None] * (NG * H)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + kk
+        kmask = ks < H
+        am = (rmask & live)[:, None] & kmask[None, :]
+        wm = kmask[:, None] & cmask[None, :]
+        for gate in tl.static_range(NG):
+            a = tl.load(base + gate * H + ks[None, :], mask=am, other=0.0, cache_modifier=".cg")
+            w = tl.load(w_ptr + (gate * H + ks)[:, None] * H + cols[None, :], mask=wm, other=0.0)
+            acc = _mm(a, w, acc, PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
+def bwd_blocked_kernel(
+    w_ptr,
+    h0_ptr,
+    c0_ptr,
+    lens_ptr,
+    out_ptr,
+    cs_ptr,
+    save_ptr,
+    dout_ptr,
+    direct_ptr,
+    dc_ptr,
+    dgi_ptr,
+    dgh_ptr,
+    dh0_ptr,
+    u_hi,
+    u_lo,
+    T,
+    B,
+    H,
+    MODE: tl.constexpr,
+    NG: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    HB_PER_PROG: tl.constexpr,
+    SYNC: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Stages ``u_hi >= u > u_lo``; stage ``u`` finishes ``dh`` for step ``u - 1`` from the gate
+    gradients of step ``u`` and then runs the backward of step ``u - 1`` on its own hidden block.
+    ``direct`` ``(B, H)`` fp32 holds the part of ``dh`` that skips ``W_hh`` (start: ``dh_n``);
+    ``dc`` ``(B, H)`` fp32 the cell gradient. ``EPILOGUE`` runs stage 0, which writes ``dh0``."""
+    pid_b = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
+    for s in range(u_hi - u_lo):
+        u = u_hi - s
+        t = u - 1
+        valid = (t < lens)[:, None]
+        for jj in range(HB_PER_PROG):
+            cols = (pid_h * HB_PER_PROG + jj) * BLOCK_H + tl.arange(0, BLOCK_H)
+            cmask = cols < H
+            m2 = rmask[:, None] & cmask[None, :]
+            st = rows[:, None] * H + cols[None, :]
+            gt = rows[:, None] * (NG * H) + cols[None, :]
+            sv = rows[:, None] * (4 * H) + cols[None, :]
+            dh = _hidden_grad_block(
+                dgh_ptr,
+                w_ptr,
+                direct_ptr,
+                u,
+                T,
+                B,
+                H,
+                rows,
+                rmask,
+                cols,
+                cmask,
+                NG,
+                BLOCK_K,
+                PRECISION,
+                UPCAST,
+            )
+            dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
+            d0, d1, d2, d3, direct, dc = _bwd_cell(
+                dh, dc, t, valid, m2, st, sv, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr,
+                dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU,
+            )  # fmt: skip
+            tl.store(direct_ptr + st, direct, mask=m2)
+            if MODE == 1:
+                tl.store(dc_ptr + st, dc, mask=m2)
+        if SYNC:
+            # the next stage reads gate gradients of every hidden block of this step
+            tl.debug_barrier()
+    if EPILOGUE:
+        for jj in range(HB_PER_PROG):
+            cols = (pid_h * HB_PER_PROG + jj) * BLOCK_H + tl.arange(0, BLOCK_H)
+            cmask = cols < H
+            dh = _hidden_grad_block(
+                dgh_ptr,
+                w_ptr,
+                direct_ptr,
+                u_lo,
+                T,
+                B,
+                H,
+                rows,
+                rmask,
+                cols,
+                cmask,
+                NG,
+                BLOCK_K,
+                PRECISION,
+                UPCAST,
+            )
+            tl.store(dh0_ptr + rows[:, None] * H + cols[None, :], dh, mask=rmask[:, None] & cmask[None, :])
