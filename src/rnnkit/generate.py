@@ -105,10 +105,11 @@ def sample_ids(model: LanguageModel, prime_ids: list[int], config: SamplingConfi
 
 
 def generate(model: LanguageModel, vocab: Vocabulary, prime: str, config: SamplingConfig) -> Iterator[str]:
-    """Yield the text of each generated token (the prime itself is not repeated).
+    """An iterator over the text of each generated token (the prime itself is not repeated).
 
-    An empty prime starts from a line break (``<eos>`` at word level). Characters of the prime
-    outside the vocabulary raise :class:`RnnkitError`; unknown words become ``<unk>``.
+    An empty prime starts from a line break (``<eos>`` at word level). The prime is checked
+    here, before anything is generated: characters outside the vocabulary raise
+    :class:`RnnkitError`; unknown words become ``<unk>``.
     """
     tokens = tokenize(prime, vocab.level) if prime else []
     if vocab.level == "word" and tokens and not prime.endswith("\n"):
@@ -116,5 +117,4 @@ def generate(model: LanguageModel, vocab: Vocabulary, prime: str, config: Sampli
     ids = vocab.encode(tokens, what="the prime") if tokens else []
     if not ids:
         ids = [vocab.index[vocab.start_token]]
-    for token_id in sample_ids(model, ids, config):
-        yield vocab.decode_token(token_id)
+    return (vocab.decode_token(token_id) for token_id in sample_ids(model, ids, config))

@@ -60,9 +60,7 @@ class LanguageModelConfig:
                 f"LanguageModelConfig: embedding_size must be a positive integer, got {self.embedding_size!r}"
             )
         if self.cell not in CELLS:
-            raise RnnkitError(
-                f"LanguageModelConfig: unknown cell {self.cell!r}; expected one of {', '.join(CELLS)}"
-            )
+            raise RnnkitError(f"unknown cell {self.cell!r}; expected one of {', '.join(CELLS)} (--cell)")
         if not 0.0 <= self.dropout < 1.0:
             raise RnnkitError(f"LanguageModelConfig: dropout must be in [0, 1), got {self.dropout!r}")
         if self.tie_weights and self.embedding_size != self.hidden_size:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import RnnkitError
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "DEVICES", "PRECISIONS"]
+__all__ = ["TrainConfig", "read_config_file", "OPTIMIZERS", "SCHEDULES", "DEVICES", "PRECISIONS"]
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "plateau", "cosine")
@@ -100,3 +101,45 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Flat ``{option: value}`` from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file.
+
+    Keys are option names with ``-`` or ``_``; tables/sections (e.g. ``[model]``) are flattened,
+    so ``hidden-size = 512`` at the top or under any section means the same.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RnnkitError(f"{path}: config file not found")
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        else:
+            raise RnnkitError(f"{path}: unknown config format; use a .toml, .yaml or .yml file")
+    except RnnkitError:
+        raise
+    except Exception as err:  # tomllib, yaml and decoding errors share no base class
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RnnkitError(f"{path}: cannot parse the config file ({first})") from None
+    if not isinstance(data, dict):
+        raise RnnkitError(f"{path}: expected a table of options at the top level")
+    flat: dict[str, Any] = {}
+
+    def walk(table: dict[str, Any]) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                walk(value)
+            else:
+                flat[str(key).replace("-", "_")] = value
+
+    walk(data)
+    return flat
