@@ -1,0 +1,227 @@
+"""The Triton engine equals the reference engine: outputs, final states and every gradient.
+
+Without CUDA the kernels run in Triton's interpreter on the CPU (``TRITON_INTERPRET=1``, set here
+before the kernels are defined; it must stay set while they run, so it stays set for this process).
+With CUDA the same checks run compiled, plus larger GPU-only ones. Skipped if triton is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when @triton.jit runs, i.e. at import
+
+pytest.importorskip("triton")
+
+from rnnkit.engine import reference  # noqa: E402
+from rnnkit.engine.common import LayerWeights  # noqa: E402
+
+if "rnnkit.engine.triton_kernels" in sys.modules and not CUDA:
+    # imported earlier in this process without the interpreter: define the kernels again under it
+    importlib.reload(sys.modules["rnnkit.engine.triton_kernels"])
+    if "rnnkit.engine.triton_engine" in sys.modules:
+        importlib.reload(sys.modules["rnnkit.engine.triton_engine"])
+from rnnkit.engine import triton_engine as te  # noqa: E402
+
+DEVICE = "cuda" if CUDA else "cpu"
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+LENGTHS = [7, 3, 5]  # B = 3, T = 7: one full, two shorter, unsorted
+
+
+def _problem(mode, B, T, I, H, dtype, bias=True, seed=0):
+    """Random inputs, state and weights (leaf tensors) of one layer direction, in ``dtype``."""
+    g = torch.Generator().manual_seed(seed)
+    G = te.NUM_GATES[mode] * H
+
+    def leaf(*shape, scale=1.0):
+        t = (torch.rand(*shape, generator=g) * 2 - 1) * scale
+        return t.to(device=DEVICE, dtype=dtype).requires_grad_()
+
+    k = H**-0.5  # PyTorch's init range
+    x = leaf(T, B, I)
+    state = tuple(leaf(B, H) for _ in range(2 if mode == "lstm" else 1))
+    weights = LayerWeights(
+        leaf(G, I, scale=2 * k),
+        leaf(G, H, scale=2 * k),
+        leaf(G, scale=k) if bias else None,
+        leaf(G, scale=k) if bias else None,
+    )
+    return x, state, weights
+
+
+def _run_and_grad(engine, mode, x, state, weights, lengths, nonlinearity, seed=1, **kw):
+    """``[output, *final_state, *grads]`` with random upstream gradients on output and final state."""
+    out, fin = engine(mode, x, state, weights, lengths, nonlinearity, **kw)
+    g = torch.Generator().manual_seed(seed)
+    loss = 0.0
+    for t in (out, *fin):
+        loss = loss + (t.float() * torch.randn(t.shape, generator=g).to(t.device)).sum()
+    leaves = [x, *state, *(w for w in weights if w is not None)]
+    return [out, *fin, *torch.autograd.grad(loss, leaves)]
+
+
+def _as64(x, state, weights):
+    """The same values in float64, as new leaves (the yardstick for low precision)."""
+
+    def leaf(t):
+        return None if t is None else t.detach().double().requires_grad_()
+
+    return leaf(x), tuple(leaf(s) for s in state), LayerWeights(*(leaf(w) for w in weights))
+
+
+def _rel_err(a, b):
+    """Max abs difference, relative to the larger of 1 and ``b``'s largest magnitude."""
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1.0)).item()
+
+
+NAMES = {
+    "rnn": ["out", "h_n", "dx", "dh0", "dW_ih", "dW_hh", "db_ih", "db_hh"],
+    "gru": ["out", "h_n", "dx", "dh0", "dW_ih", "dW_hh", "db_ih", "db_hh"],
+    "lstm": ["out", "h_n", "c_n", "dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh"],
+}
+
+
+def _check(mode, B, T, I, H, dtype, plan, *, lengths=None, nonlinearity="tanh", bias=True):
+    x, state, weights = _problem(mode, B, T, I, H, dtype, bias)
+    lens = None if lengths is None else torch.tensor(lengths)
+    ours = _run_and_grad(te.run, mode, x, state, weights, lens, nonlinearity, plan=plan)
+    names = [n for n in NAMES[mode] if bias or not n.startswith("db")]
+    if dtype == torch.float32:
+        theirs = _run_and_grad(reference.run, mode, x, state, weights, lens, nonlinearity)
+        for name, a, b in zip(names, ours, theirs, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+            assert _rel_err(a, b) < 2e-5, f"{name}: {_rel_err(a, b):.2e}"
+        return
+    # Low precision: against float64, no worse than the reference engine in the same dtype (x3)
+    exact = _run_and_grad(reference.run, mode, *_as64(x, state, weights), lens, nonlinearity)
+    same = _run_and_grad(reference.run, mode, x, state, weights, lens, nonlinearity)
+    for name, a, b, e in zip(names, ours, same, exact, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        ours_err, ref_err = _rel_err(a, e), _rel_err(b, e)
+        assert ours_err <= 3 * ref_err + 4e-3, f"{name}: {ours_err:.2e} vs reference {ref_err:.2e}"
+
+
+def _plan(mode, path, dtype, B=3, H=24):
+    if path == "resident":
+        return te.plan_for(mode, B, H, dtype, path)
+    # H = 24: two hidden blocks, the second ragged; one ragged reduction tile
+    return te.Plan(path, block_b=16, block_h=16, block_k=32)
+
+
+# ---------------------------------------------------------------- interpreter (or GPU) checks
+
+
+@pytest.mark.parametrize("path", te.PATHS)
+@pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
+def test_every_path_matches_reference_float32_with_lengths(mode, path):
+    _check(mode, 3, 7, 5, 24, torch.float32, _plan(mode, path, torch.float32), lengths=LENGTHS)
+
+
+@pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
+def test_resident_power_of_two_hidden_no_lengths_float32(mode):
+    _check(mode, 3, 7, 5, 16, torch.float32, _plan(mode, "resident", torch.float32, H=16))
+
+
+@pytest.mark.parametrize("path", ["resident", "persistent"])
+def test_relu_rnn_without_bias(path):
+    plan = _plan("rnn", path, torch.float32)
+    _check("rnn", 3, 7, 5, 24, torch.float32, plan, lengths=[2, 7, 1], nonlinearity="relu", bias=False)
+
+
+def test_gru_without_bias():
+    plan = _plan("gru", "resident", torch.float32)
+    _check("gru", 3, 7, 5, 24, torch.float32, plan, lengths=[2, 7, 1], bias=False)
+
+
+def test_several_batch_tiles():
+    # B = 20 with 16-row tiles: a full tile and a ragged one, each with its own lengths
+    lengths = [(3 * b) % 5 + 1 for b in range(20)]
+    lengths[4] = 5
+    _check(
+        "lstm", 20, 5, 5, 16, torch.float32, _plan("lstm", "resident", torch.float32, H=16), lengths=lengths
+    )
+
+
+@pytest.mark.parametrize(
+    "mode, path",
+    [
+        ("rnn", "resident"),
+        ("lstm", "resident"),
+        ("gru", "resident"),
+        ("lstm", "persistent"),
+        ("gru", "stepwise"),
+    ],
+)
+def test_bfloat16_matches_reference(mode, path):
+    _check(mode, 3, 7, 5, 24, torch.bfloat16, _plan(mode, path, torch.bfloat16), lengths=LENGTHS)
+
+
+def test_float16_matches_reference():
+    plan = _plan("gru", "resident", torch.float16, H=16)
+    _check("gru", 3, 7, 5, 16, torch.float16, plan, lengths=LENGTHS)
+
+
+# ---------------------------------------------------------------- plans and input checks
+
+
+def test_plan_for_picks_resident_for_small_and_streams_for_large():
+    assert te.plan_for("lstm", 16, 64, torch.float32).path == "resident"
+    assert te.plan_for("lstm", 16, 24, torch.float32).block_h == 32  # padded to a power of two
+    assert te.plan_for("lstm", 16, 256, torch.bfloat16).path != "resident"
+    assert te.plan_for("lstm", 256, 1024, torch.bfloat16).path == "stepwise"
+    assert te.plan_for("gru", 1, 8, torch.float32, path="stepwise").path == "stepwise"
+
+
+def test_plan_rejects_bad_blocks():
+    with pytest.raises(ValueError, match="block_h must be a power of two"):
+        te.Plan("persistent", block_h=24)
+    with pytest.raises(ValueError, match="path must be one of"):
+        te.Plan("fast")
+
+
+def test_supports_and_clear_error():
+    x, state, weights = _problem("gru", 3, 4, 5, 16, torch.float32)
+    assert te.supports("gru", x, weights)
+    assert not te.supports("gru", x.double(), weights)
+    assert not te.supports("conv", x, weights)
+    with pytest.raises(ValueError, match="triton engine: expected"):
+        te.run("gru", x.double(), state, weights)
+    x, state, weights = _problem("gru", 3, 4, 5, 24, torch.float32)
+    with pytest.raises(ValueError, match="resident plan needs block_h"):
+        te.run("gru", x, state, weights, plan=te.Plan("resident", block_h=16, block_k=16))
+
+
+def test_outputs_do_not_alias_and_state_dtype_follows_input():
+    x, state, weights = _problem("lstm", 3, 4, 5, 16, torch.bfloat16)
+    out, (h, c) = te.run("lstm", x, state, weights)
+    assert out.dtype == h.dtype == c.dtype == torch.bfloat16
+    assert out.shape == (4, 3, 16) and h.shape == c.shape == (3, 16)
+
+
+# ---------------------------------------------------------------- GPU only (compiled kernels)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("path", te.PATHS)
+@pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
+def test_gpu_larger_sizes(mode, path, dtype):
+    H = 48 if path == "resident" else 200  # 200: four 64-wide blocks, the last ragged
+    B, T = 37, 29  # three 16-row tiles, the last ragged
+    lengths = [(7 * b) % T + 1 for b in range(B)]
+    lengths[5] = T
+    plan = te.plan_for(mode, B, H, dtype, path)
+    _check(mode, B, T, 33, H, dtype, plan, lengths=lengths)
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_gpu_default_plan_at_a_benchmark_size(mode):
+    _check(mode, 16, 64, 256, 256, torch.bfloat16, None)
