@@ -17,7 +17,8 @@ Two families:
   step at a time on a grid split over the hidden dimension, since programs cannot wait on each
   other (and the interpreter runs programs one after another, so spin-waits would deadlock).
 
-Layouts (all contiguous): ``xg`` ``(T, B, G)`` input projections with biases folded in (GRU keeps
+Time bounds are not specialised on (``do_not_specialize``): the stepwise path launches with a
+new ``t`` each step and must not compile a variant per value. Layouts (all contiguous): ``xg`` ``(T, B, G)`` input projections with biases folded in (GRU keeps
 ``b_hn`` apart, the reset gate scales it); ``w`` ``(G, H)`` = ``weight_hh``; ``out`` ``(T, B, H)``;
 ``cs`` ``(T, B, H)`` LSTM cell states; ``save`` ``(T, B, 4H)`` gate activations (LSTM ``i, f, g, o``,
 GRU ``r, z, n, W_hn h + b_hn``); ``dgi``/``dgh`` ``(T, B, G)`` gradients of the input-side and
@@ -66,7 +67,7 @@ def _load_prev(first_ptr, seq_ptr, t, off, mask, BH):
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def fwd_resident_kernel(
     xg_ptr,
     w_ptr,
@@ -249,7 +250,7 @@ def _bwd_cell(
     return d0, d1, d2, d3, direct, dc_prev
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def bwd_resident_kernel(
     w_ptr,
     h0_ptr,
@@ -320,7 +321,7 @@ def bwd_resident_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t_begin", "t_end"])
 def fwd_blocked_kernel(
     xg_ptr,
     w_ptr,
@@ -467,7 +468,7 @@ def _hidden_grad_block(
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["u_hi", "u_lo", "T"])
 def bwd_blocked_kernel(
     w_ptr,
     h0_ptr,

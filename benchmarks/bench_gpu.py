@@ -1,0 +1,372 @@
+"""GPU training-step speed: the Triton kernels against torch.nn (cuDNN) and rnnkit's fused engine.
+
+One measurement is forward + backward of one layer direction over the whole sequence, with random
+upstream gradients on the output and the final state and gradients for the input, the initial
+state and every parameter. Implementations are interleaved point by point; each is warmed up
+(this also compiles the Triton kernels) and timed with CUDA events, reported as the median over
+repeats in µs per time step, with the ratio to cuDNN in the same run and the issue's target.
+Before timing, the Triton results are compared with cuDNN's (max error relative to the largest
+magnitude, over the output, final states and every gradient) so a wrong kernel cannot look fast.
+
+    PYTHONPATH=src python benchmarks/bench_gpu.py           # full run, < 5 min on one H100
+    PYTHONPATH=src python benchmarks/bench_gpu.py --quick   # two points, a smoke check
+
+Pass 1 times cuDNN and the Triton default path on every point; pass 2 adds the fused engine and
+the other Triton paths (data for the ``engine="auto"`` policy and the path thresholds). A time
+budget (``--budget-s``) skips what does not fit and says so. Writes ``benchmarks/results/gpu.json``
+(``--out``) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ISSUE_GRID = [  # (B, T, I, H), the GPU issue's table
+    (1, 512, 256, 256),
+    (16, 512, 256, 256),
+    (64, 256, 512, 512),
+    (32, 1024, 128, 128),
+    (8, 2048, 64, 64),
+    (256, 128, 1024, 1024),
+]
+LAYERS_GRID = [  # (B, T, I, H), the layers issue's grid (benchmarks/bench_cpu.py)
+    (1, 256, 64, 64),
+    (16, 256, 128, 128),
+    (32, 128, 256, 256),
+    (64, 64, 512, 512),
+    (8, 1024, 32, 32),
+]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DEVICE = "cuda"  # a module constant so that the logic can be smoke-tested on the CPU interpreter
+
+
+def target_ratio(cudnn_us_per_step: float, B: int, H: int) -> float:
+    """The issue's target for Triton time / cuDNN time."""
+    return 0.33 if cudnn_us_per_step >= 10.0 and H <= 512 and B <= 64 else 1.0
+
+
+def machine() -> dict:
+    props = torch.cuda.get_device_properties(0)
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "capability": f"{props.major}.{props.minor}",
+        "sms": props.multi_processor_count,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class Problem:
+    """One layer direction at one size: a cuDNN module and the same weights as leaves for rnnkit."""
+
+    def __init__(self, mode: str, B: int, T: int, I: int, H: int, dtype: torch.dtype, seed: int = 0):
+        from rnnkit.engine.common import LayerWeights
+
+        torch.manual_seed(seed)
+        dev = DEVICE
+        self.mode, self.shape, self.dtype = mode, (B, T, I, H), dtype
+        cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[mode]
+        self.module = cls(I, H).to(dev, dtype)
+        self.x = torch.randn(T, B, I, device=dev, dtype=dtype, requires_grad=True)
+        n_state = 2 if mode == "lstm" else 1
+        self.state = tuple(
+            (0.5 * torch.randn(B, H, device=dev, dtype=dtype)).requires_grad_() for _ in range(n_state)
+        )
+        p = dict(self.module.named_parameters())
+        self.params = [p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"]]
+        self.weights = LayerWeights(*self.params)
+        self.grad_out = torch.randn(T, B, H, device=dev, dtype=dtype)
+        self.grad_state = tuple(torch.randn(B, H, device=dev, dtype=dtype) for _ in range(n_state))
+        self.leaves = [self.x, *self.state, *self.params]
+
+    def cudnn(self) -> list[torch.Tensor]:
+        hx = (self.state[0][None], self.state[1][None]) if self.mode == "lstm" else self.state[0][None]
+        out, fin = self.module(self.x, hx)
+        fin = tuple(s[0] for s in fin) if self.mode == "lstm" else (fin[0],)
+        return self._backward(out, fin)
+
+    def engine(self, run, **kw) -> list[torch.Tensor]:
+        out, fin = run(self.mode, self.x, self.state, self.weights, None, "tanh", **kw)
+        return self._backward(out, fin)
+
+    def _backward(self, out, fin) -> list[torch.Tensor]:
+        grads = torch.autograd.grad([out, *fin], self.leaves, [self.grad_out, *self.grad_state])
+        return [out, *fin, *grads]
+
+
+def rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Worst over tensors of max |a - b| relative to max(1, max |b|)."""
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        d = (x.double() - y.double()).abs().max() / y.double().abs().max().clamp(min=1.0)
+        worst = max(worst, float(d))
+    return worst
+
+
+def time_us(fn, target_s: float, max_reps: int) -> tuple[float, int]:
+    """Median wall time of ``fn`` in µs over CUDA-event-timed repeats after two warm-up calls."""
+    fn()
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    once = time.perf_counter() - t0
+    reps = int(max(3, min(max_reps, target_s / max(once, 1e-6))))
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000.0)
+    return statistics.median(times), reps
+
+
+def peak_mib(fn) -> float:
+    """Peak memory above what was allocated before one call, in MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    res = fn()
+    torch.cuda.synchronize()
+    del res
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def measure(prob: Problem, name: str, fn, args) -> dict:
+    try:
+        us, reps = time_us(fn, args.target_s, args.max_reps)
+        T = prob.shape[1]
+        return {
+            "impl": name,
+            "us_per_step": us / T,
+            "ms_total": us / 1000.0,
+            "reps": reps,
+            "peak_mib": peak_mib(fn),
+        }
+    except Exception as e:  # a failing implementation is a result, not a crash of the whole run
+        return {"impl": name, "error": f"{type(e).__name__}: {e}"[:300]}
+
+
+def triton_impls(mode: str, B: int, H: int, dtype: torch.dtype, extra: bool):
+    from rnnkit.engine import triton_engine as te
+
+    default = te.plan_for(mode, B, H, dtype)
+    paths = [default.path]
+    if extra:
+        paths += [p for p in ("persistent", "stepwise") if p != default.path]
+    for path in paths:
+        yield f"triton:{path}", te.plan_for(mode, B, H, dtype, path), path == default.path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="two points, one mode: a smoke check")
+    ap.add_argument("--budget-s", type=float, default=250.0, help="stop starting new work after this")
+    ap.add_argument("--target-s", type=float, default=0.25, help="time spent timing one implementation")
+    ap.add_argument("--max-reps", type=int, default=25)
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 matmuls (Triton follows)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu.json")
+    args = ap.parse_args()
+
+    if not torch.cuda.is_available():
+        print("bench_gpu: needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured.")
+        return 2
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("bench_gpu: TRITON_INTERPRET=1 would time the CPU interpreter; unset it.")
+        return 2
+    try:
+        from rnnkit.engine import triton_engine as te
+    except ImportError as e:
+        print(f"bench_gpu: cannot import the Triton engine ({e}); is triton installed?")
+        return 2
+    try:
+        from rnnkit.engine import fused
+    except ImportError:
+        fused = None
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    started = time.perf_counter()
+
+    def left() -> float:
+        return args.budget_s - (time.perf_counter() - started)
+
+    points = []  # (mode, dtype name, (B, T, I, H)) in priority order
+    if args.quick:
+        points = [("lstm", "bf16", (16, 128, 256, 256)), ("gru", "fp32", (8, 256, 64, 64))]
+    else:
+        for grid, modes in ((ISSUE_GRID, ("lstm", "gru")), (LAYERS_GRID, ("lstm", "gru", "rnn"))):
+            for shape in grid:
+                for mode in modes:
+                    for dname in DTYPES:
+                        points.append((mode, dname, shape))
+
+    info = machine()
+    print(
+        f"# {info['gpu']} (sm {info['capability']}), torch {info['torch']}, cuDNN {info['cudnn']}, "
+        f"triton {info['triton']}; tf32: cudnn {info['cudnn_allow_tf32']}, matmul {info['matmul_allow_tf32']}"
+    )
+    rows: dict[tuple, dict] = {}
+    skipped = []
+    for pass_no in (1, 2):
+        for mode, dname, shape in points:
+            B, T, I, H = shape
+            if left() <= 0:
+                skipped.append({"pass": pass_no, "mode": mode, "dtype": dname, "shape": shape})
+                continue
+            dtype = DTYPES[dname]
+            key = (mode, dname, shape)
+            row = rows.setdefault(
+                key, {"mode": mode, "dtype": dname, "B": B, "T": T, "I": I, "H": H, "impls": []}
+            )
+            prob = Problem(mode, B, T, I, H, dtype)
+            if pass_no == 1:
+                row["impls"].append(measure(prob, "cudnn", prob.cudnn, args))
+                expected = prob.cudnn()
+            else:
+                expected = None
+                if fused is not None and fused.supports(mode, prob.x, prob.weights):
+                    row["impls"].append(measure(prob, "fused", lambda p=prob: p.engine(fused.run), args))
+                else:
+                    row["impls"].append({"impl": "fused", "error": f"unsupported for {dname} on CUDA"})
+            for name, plan, is_default in triton_impls(mode, B, H, dtype, extra=pass_no == 2):
+                if is_default != (pass_no == 1) or left() <= 0:
+                    continue
+
+                def fn(p=prob, plan=plan):
+                    return p.engine(te.run, plan=plan)
+
+                res = {"impl": name}
+                try:
+                    got = fn()  # compiles
+                    res["rel_err_vs_cudnn"] = rel_err(got, expected if expected is not None else prob.cudnn())
+                    del got
+                except Exception as e:
+                    res["error"] = f"{type(e).__name__}: {e}"[:300]
+                if "error" not in res:
+                    res.update(measure(prob, name, fn, args))
+                res["plan"] = dataclasses.asdict(plan)
+                res["default"] = is_default
+                row["impls"].append(res)
+            del prob, expected
+            torch.cuda.empty_cache()
+            _print_row(row)
+
+    results = list(rows.values())
+    for row in results:
+        _summarise(row)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "command": "PYTHONPATH=src python benchmarks/bench_gpu.py " + " ".join(sys.argv[1:]),
+        "machine": info,
+        "unit": "µs per time step, forward + backward, median of repeats",
+        "elapsed_s": round(time.perf_counter() - started, 1),
+        "rows": results,
+        "skipped_for_time": skipped,
+    }
+    args.out.write_text(json.dumps(payload, indent=1, default=str))
+    _print_table(results)
+    print(f"\nwrote {args.out} ({payload['elapsed_s']} s; {len(skipped)} point-passes skipped for time)")
+    return 0
+
+
+def _impl(row: dict, name: str) -> dict | None:
+    return next((r for r in row["impls"] if r["impl"] == name and "us_per_step" in r), None)
+
+
+def _summarise(row: dict) -> None:
+    cudnn = _impl(row, "cudnn")
+    tri = [r for r in row["impls"] if r["impl"].startswith("triton:") and "us_per_step" in r]
+    default = next((r for r in tri if r.get("default")), None)
+    best = min(tri, key=lambda r: r["us_per_step"], default=None)
+    if cudnn is None or default is None:
+        return
+    row["target_ratio"] = target_ratio(cudnn["us_per_step"], row["B"], row["H"])
+    row["ratio_default"] = default["us_per_step"] / cudnn["us_per_step"]
+    row["ratio_best"] = best["us_per_step"] / cudnn["us_per_step"]
+    row["best_triton"] = best["impl"]
+    row["met_target"] = row["ratio_default"] <= row["target_ratio"]
+    row["peak_mib_ratio"] = default["peak_mib"] / max(cudnn["peak_mib"], 1e-9)
+
+
+def _fmt(r: dict | None) -> str:
+    return f"{r['us_per_step']:9.2f}" if r else f"{'-':>9}"
+
+
+def _print_row(row: dict) -> None:
+    parts = []
+    for r in row["impls"]:
+        if "us_per_step" in r:
+            parts.append(f"{r['impl']}={r['us_per_step']:.2f}us")
+        else:
+            parts.append(f"{r['impl']}=ERR")
+        if "rel_err_vs_cudnn" in r:
+            parts[-1] += f"(err {r['rel_err_vs_cudnn']:.1e})"
+    print(
+        f"{row['mode']:4} {row['dtype']} B={row['B']} T={row['T']} I={row['I']} H={row['H']}: "
+        + ", ".join(parts)
+    )
+
+
+def _print_table(rows: list[dict]) -> None:
+    head = (
+        f"\n{'mode':4} {'dt':4} {'B':>4} {'T':>5} {'I':>5} {'H':>5} | {'cudnn':>9} {'fused':>9} "
+        f"{'triton':>9} {'best':>9} | {'ratio':>6} {'target':>6} {'met':>4} | {'mem/cudnn':>9} {'err':>8}"
+        " path"
+    )
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        tri = [r for r in row["impls"] if r["impl"].startswith("triton:")]
+        default = next((r for r in tri if r.get("default")), None)
+        timed = [r for r in tri if "us_per_step" in r]
+        best = min(timed, key=lambda r: r["us_per_step"], default=None)
+        ratio = f"{row['ratio_default']:6.2f}" if "ratio_default" in row else f"{'-':>6}"
+        target = f"{row['target_ratio']:6.2f}" if "target_ratio" in row else f"{'-':>6}"
+        met = ("yes" if row["met_target"] else "NO") if "met_target" in row else "-"
+        mem = f"{row['peak_mib_ratio']:9.2f}" if "peak_mib_ratio" in row else f"{'-':>9}"
+        err = (
+            f"{default['rel_err_vs_cudnn']:8.1e}"
+            if default and "rel_err_vs_cudnn" in default
+            else f"{'ERR':>8}"
+        )
+        path = (default["impl"].split(":")[1] if default else "-") + (
+            f" (best {best['impl'].split(':')[1]})" if best and best is not default else ""
+        )
+        timed_default = default if default and "us_per_step" in default else None
+        print(
+            f"{row['mode']:4} {row['dtype']:4} {row['B']:4d} {row['T']:5d} {row['I']:5d} {row['H']:5d} | "
+            f"{_fmt(_impl(row, 'cudnn'))} {_fmt(_impl(row, 'fused'))} {_fmt(timed_default)} "
+            f"{_fmt(best)} | {ratio} {target} {met:>4} | {mem} {err} {path}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
