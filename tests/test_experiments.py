@@ -118,3 +118,10 @@ def test_config_validation():
         LongMemoryConfig(task="sorting")
     with pytest.raises(ValueError, match="length must be an integer >= 2"):
         LongMemoryConfig(task="adding", lengths=(1,))
+
+
+def test_mounted_as_rnnkit_experiment():
+    from rnnkit.cli import app
+
+    result = CliRunner().invoke(app, ["experiment", "--help"])
+    assert result.exit_code == 0 and "long-memory" in result.output and "show-task" in result.output

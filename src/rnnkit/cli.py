@@ -21,6 +21,7 @@ import typer
 
 from .data import LMDataConfig
 from .errors import RnnkitError
+from .experiments.cli import experiment_app
 from .training.config import TrainConfig, read_config_file
 from .training.lm import LMRunConfig
 
@@ -35,6 +36,7 @@ app = typer.Typer(
 )
 train_app = typer.Typer(help="Train a model; one sub-command per task.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+app.add_typer(experiment_app, name="experiment")
 
 D, T, R = LMDataConfig, TrainConfig, LMRunConfig  # the defaults below are the dataclasses' own
 DATA, MODEL, OPTIM, RUN, OUT = "Data", "Model", "Optimisation", "Run", "Sample"
