@@ -8,8 +8,16 @@ from rnnkit.models.classifier import ClassifierConfig, SequenceClassifier, pool
 
 def _model(pooling: str, cell: str = "lstm", bidirectional: bool = True, **kw) -> SequenceClassifier:
     torch.manual_seed(0)
-    cfg = ClassifierConfig(num_classes=5, hidden_size=8, embed_size=6, num_layers=2, cell=cell,
-                           bidirectional=bidirectional, pooling=pooling, **kw)  # fmt: skip
+    cfg = ClassifierConfig(
+        num_classes=5,
+        hidden_size=8,
+        embed_size=6,
+        num_layers=2,
+        cell=cell,
+        bidirectional=bidirectional,
+        pooling=pooling,
+        **kw,
+    )
     return SequenceClassifier(cfg).eval()
 
 

@@ -19,6 +19,10 @@ from typing import Annotated, Any
 
 import typer
 
+from .commands import TASKS as TASK_COMMANDS
+from .commands import evaluate_run as evaluate_task_run
+from .commands import format_figures as format_task_figures
+from .commands import register as register_task_commands
 from .data import LMDataConfig
 from .errors import RnnkitError
 from .experiments.cli import experiment_app
@@ -37,6 +41,7 @@ app = typer.Typer(
 train_app = typer.Typer(help="Train a model; one sub-command per task.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(experiment_app, name="experiment")
+register_task_commands(app, train_app)  # train classify|translate|generate-from|forecast, predict, ...
 
 D, T, R = LMDataConfig, TrainConfig, LMRunConfig  # the defaults below are the dataclasses' own
 DATA, MODEL, OPTIM, RUN, OUT = "Data", "Model", "Optimisation", "Run", "Sample"
@@ -226,11 +231,16 @@ def evaluate_command(
     text: Annotated[Path | None, typer.Option(help="text to score (language models)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",
+    data: Annotated[Path | None, typer.Option(help="labelled data to score (other tasks)")] = None,
 ) -> None:
     """Score a trained model on new data; the figures are the last line printed."""
     from .training.checkpoint import CONFIG_FILE, load_json
 
     task = load_json(Path(run_dir) / CONFIG_FILE).get("task")
+    if task in TASK_COMMANDS:
+        figures = evaluate_task_run(task, run_dir, data)
+        print(json.dumps(figures) if as_json else format_task_figures(figures))
+        return
     if task != "lm":
         raise RnnkitError(f"{run_dir}: 'evaluate' does not know task {task!r} yet")
     if text is None:

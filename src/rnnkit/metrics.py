@@ -79,8 +79,15 @@ def plot_confusion_matrix(
     peak = matrix.max() if matrix.size else 0
     for i in range(C):
         for j in range(C):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > peak / 2 else "black", fontsize=8)  # fmt: skip
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > peak / 2 else "black",
+                fontsize=8,
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

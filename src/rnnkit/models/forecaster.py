@@ -3,8 +3,10 @@
 Input at step ``t`` is the (scaled) target value and any covariates; the output at step ``t`` is
 the forecast of the target at ``t+1 .. t+horizon`` (the "direct" strategy: no forecast is fed
 back, so future covariates are never needed). Training uses the outputs of all steps, forecasting
-the last one. With ``residual`` the head predicts the change from the step's own target value,
-which lets a saturating recurrent layer follow a trend past the range it saw in training.
+the last one. With ``residual`` the head predicts a correction to a naive forecast made from
+the inputs (the step's own value, or with ``season`` the value one season before the target
+step, i.e. seasonal naive), which lets a saturating recurrent layer follow a trend past the
+range it saw in training.
 
 Shapes: ``B`` batch, ``T`` steps, ``I`` features per step (target first, then covariates),
 ``P`` horizon, ``H`` hidden size.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import Tensor, nn
 
 from .classifier import CELLS, make_recurrent
@@ -32,6 +35,7 @@ class ForecasterConfig:
     cell: str = "lstm"
     dropout: float = 0.0
     residual: bool = True
+    season: int = 0
 
     def __post_init__(self) -> None:
         name = "ForecasterConfig"
@@ -39,6 +43,8 @@ class ForecasterConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name}: {field} must be a positive integer, got {value!r}")
+        if not isinstance(self.season, int) or self.season < 0:
+            raise ValueError(f"{name}: season must be a non-negative integer, got {self.season!r}")
         if self.cell not in CELLS:
             raise ValueError(f"{name}: unknown cell type {self.cell!r}; expected one of {', '.join(CELLS)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -70,8 +76,26 @@ class Forecaster(nn.Module):
         out, _ = self.rnn(x)  # (B, T, H)
         y = self.head(out)  # (B, T, P)
         if self.config.residual:
-            y = y + x[:, :, :1]  # broadcast the step's own value over the horizon
+            y = y + self.naive(x)
         return y
+
+    def naive(self, x: Tensor) -> Tensor:
+        """The forecast the head corrects. Shapes: ``x`` ``(B, T, I)`` -> ``(B, T, P)``.
+
+        Row ``t``, horizon ``h`` (1-based): the target at ``t - S + ((h-1) mod S) + 1`` (the same
+        phase one season earlier), or at ``t`` when that lies before the window or ``S`` is 0.
+        """
+        B, T, _ = x.shape
+        P, S = self.config.horizon, self.config.season
+        t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+        if S > 0:
+            h = torch.arange(P, device=x.device).unsqueeze(0)  # (1, P), h-1
+            index = t - S + (h % S) + 1  # (T, P)
+            index = torch.where(index >= 0, index, t.expand(T, P))
+        else:
+            index = t.expand(T, P)
+        # (B, T) gathered at (B, T*P) -> (B, T, P)
+        return x[:, :, 0].gather(1, index.reshape(1, -1).expand(B, -1)).view(B, T, P)
 
     def predict(self, x: Tensor) -> Tensor:
         """The forecast after the last step. Shapes: ``x`` ``(B, T, I)`` -> ``(B, P)``."""

@@ -1,0 +1,214 @@
+"""What the four task commands share: run folders, batching, the Trainer call, loading a run.
+
+The training loop itself is :class:`rnnkit.training.Trainer`; this module only adapts examples
+to it (padded batches, a loss per batch) and writes the same run-folder files as the LM task.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import __version__
+from ..errors import RnnkitError
+from ..training import StepOutput, TaskAdapter, TrainConfig, Trainer, seed_everything
+from ..training.checkpoint import (
+    BEST_FILE,
+    CONFIG_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    load_json,
+    load_weights,
+    save_json,
+)
+from ..training.logs import plot_losses  # noqa: F401  (re-exported for the commands)
+
+__all__ = [
+    "Batches",
+    "LossTask",
+    "new_run_dir",
+    "write_run_config",
+    "read_run",
+    "load_best",
+    "fit",
+    "pad",
+    "split_indices",
+    "pick_level",
+    "train_config",
+]
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Right-pad token id lists. Returns ids ``(B, T_max)`` and lengths ``(B,)``."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out, lengths
+
+
+class Batches:
+    """Re-iterable mini-batches of ``items`` made by ``collate``; reshuffled per epoch when ``shuffle``.
+
+    The order depends only on ``seed`` and the epoch, so a run is repeatable.
+    """
+
+    def __init__(
+        self,
+        items: Sequence,
+        batch_size: int,
+        collate: Callable[[list], Any],
+        *,
+        shuffle: bool,
+        seed: int = 0,
+    ):
+        if batch_size < 1:
+            raise RnnkitError(f"--batch-size must be a positive integer, got {batch_size}")
+        self.items, self.batch_size, self.collate = list(items), batch_size, collate
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (len(self.items) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        order = list(range(len(self.items)))
+        if self.shuffle:
+            random.Random(self.seed * 7919 + self.epoch).shuffle(order)
+        for i in range(0, len(order), self.batch_size):
+            yield self.collate([self.items[j] for j in order[i : i + self.batch_size]])
+
+
+class LossTask(TaskAdapter):
+    """A stateless task: ``loss_fn(model, batch) -> (mean loss, count)``; perplexity if ``per_token``."""
+
+    def __init__(self, loss_fn: Callable[[nn.Module, Any], tuple[Tensor, int]], unit: str, per_token: bool):
+        self.loss_fn, self.per_token = loss_fn, per_token
+        self.unit = unit  # type: ignore[misc]
+
+    def step(self, model: nn.Module, batch: Any, state: Any) -> StepOutput:
+        loss, count = self.loss_fn(model, batch)
+        return StepOutput(loss, count)
+
+    def metrics(self, loss: float) -> dict[str, float]:
+        import math
+
+        return {"perplexity": math.exp(min(loss, 700.0))} if self.per_token else {}
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[list[int]]:
+    """Shuffle ``range(n)`` with ``seed`` and cut off the given fractions (the rest comes first)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    cuts, parts, start = (
+        [max(1, int(round(f * n))) for f in fractions],
+        [],
+        n - sum(max(1, int(round(f * n))) for f in fractions),
+    )
+    if start < 1:
+        raise RnnkitError(f"only {n} examples: too few to hold out validation and test data")
+    parts.append(order[:start])
+    for c in cuts:
+        parts.append(order[start : start + c])
+        start += c
+    return parts
+
+
+def pick_level(level: str, texts: Sequence[str]) -> str:
+    """``auto``: words when the texts average more than three words, else characters."""
+    if level == "auto":
+        words = sum(len(t.split()) for t in texts[:2000]) / max(1, min(len(texts), 2000))
+        return "word" if words > 3 else "char"
+    if level not in ("char", "word"):
+        raise RnnkitError(f"--level must be auto, char or word, got {level!r}")
+    return level
+
+
+def train_config(options: dict[str, Any]) -> TrainConfig:
+    """The Trainer options among ``options`` (flag names as dataclass fields)."""
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in options.items() if k in fields and v is not None})
+
+
+def new_run_dir(out: Path | None, task: str) -> Path:
+    """``out``, or ``runs/<task>-<timestamp>``; refuses a folder that already holds a run."""
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path, n = Path("runs") / f"{task}-{stamp}", 1
+        while path.exists():
+            n += 1
+            path = Path("runs") / f"{task}-{stamp}-{n}"
+        return path
+    path = Path(out)
+    if (path / STATE_FILE).exists() or (path / CONFIG_FILE).exists():
+        raise RnnkitError(f"{path} already holds a run; choose another --out (nothing was changed)")
+    return path
+
+
+def write_run_config(run_dir: Path, task: str, model_config: dict, extra: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_json(
+        run_dir / CONFIG_FILE,
+        {
+            "format": 1,
+            "task": task,
+            "rnnkit_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": model_config,
+            **extra,
+        },
+    )
+
+
+def read_run(run_dir: Path, task: str | tuple[str, ...]) -> dict[str, Any]:
+    """The saved ``config.json`` of ``run_dir``, checked to be of ``task``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RnnkitError(f"{run_dir}: no such run folder; pass the --out folder of 'rnnkit train'")
+    saved = load_json(run_dir / CONFIG_FILE)
+    tasks = (task,) if isinstance(task, str) else task
+    if saved.get("task") not in tasks:
+        raise RnnkitError(f"{run_dir}: a {saved.get('task')!r} run, expected {' or '.join(tasks)}")
+    return saved
+
+
+def load_best(run_dir: Path, model: nn.Module) -> nn.Module:
+    """Load the best validation weights (else the latest) into ``model``; eval mode."""
+    best = Path(run_dir) / BEST_FILE
+    load_weights(best if best.is_file() else Path(run_dir) / WEIGHTS_FILE, model)
+    return model.eval()
+
+
+@dataclass
+class Fitted:
+    model: nn.Module
+    trainer: Trainer
+    seconds: float
+    steps: int
+    stopped: str
+
+
+def fit(
+    model: nn.Module,
+    task: TaskAdapter,
+    train: Batches,
+    valid: Batches | None,
+    config: TrainConfig,
+    run_dir: Path,
+    echo: Callable[[str], None] = print,
+) -> Fitted:
+    """Train with the shared :class:`Trainer`, then reload the best weights."""
+    seed_everything(config.seed)
+    trainer = Trainer(model, task, train, valid, config, run_dir=run_dir, echo=echo)
+    result = trainer.fit()
+    model = load_best(run_dir, trainer.module.cpu())
+    return Fitted(model, trainer, result.seconds, result.steps, result.stopped)

@@ -1,0 +1,403 @@
+"""The classify / translate / generate-from / forecast commands end to end, and every bad input.
+
+Each task trains a tiny model for a few steps on a small slice in a temp folder, then the run is
+used by its follow-up command (predict, translate, sample, evaluate). Bad input must give one
+line on stderr naming the problem, exit status 1, and leave an existing run untouched.
+"""
+
+import hashlib
+import json
+import math
+import random
+
+import pytest
+
+from rnnkit.cli import main
+
+TINY = ["--hidden-size", "8", "--embedding-size", "8", "--no-progress", "--seed", "0"]
+
+
+def run(argv, capsys, stdin=None, monkeypatch=None):
+    """``rnnkit argv`` in process: (exit code, stdout, stderr)."""
+    if stdin is not None:
+        import io
+
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def fails(argv, capsys, *needles):
+    code, _, err = run(argv, capsys)
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnkit: error:"), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def digest(folder):
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("classify")
+    rng = random.Random(0)
+    words = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "sad"]}
+    lines = []
+    for i in range(60):
+        label = "pos" if i % 2 else "neg"
+        lines.append(f"{label}\t" + " ".join(rng.choice(words[label] + ["the", "film"]) for _ in range(5)))
+    (folder / "train.txt").write_text("\n".join(lines) + "\n")
+    (folder / "new.txt").write_text("good great film\nawful bad the sad\n")
+    (folder / "unseen.txt").write_text("meh\tthe film\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def classify_run(texts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "classify"
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "train",
+                "classify",
+                "--data",
+                str(texts / "train.txt"),
+                "--max-steps",
+                "3",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--json",
+                *TINY,
+            ]
+        )
+    assert e.value.code == 0
+    return out
+
+
+def test_classify_train_predict_evaluate(classify_run, texts, capsys, monkeypatch):
+    metrics = json.loads((classify_run / "metrics.json").read_text())
+    assert 0 <= metrics["test"]["accuracy"] <= 1 and 0 <= metrics["test"]["macro_f1"] <= 1
+    assert (classify_run / "confusion_test.png").stat().st_size > 0
+    assert (classify_run / "config.json").is_file() and (classify_run / "best.safetensors").is_file()
+    code, out, _ = run(["predict", classify_run, "--input", texts / "new.txt"], capsys)
+    assert code == 0
+    rows = [line.split("\t") for line in out.strip().splitlines()]
+    assert len(rows) == 2 and all(r[0] in ("pos", "neg") and 0 <= float(r[1]) <= 1 for r in rows)
+    code, out2, _ = run(["predict", classify_run], capsys, stdin="good great film\n", monkeypatch=monkeypatch)
+    assert code == 0 and out2.splitlines()[0] == out.splitlines()[0]
+    code, out, _ = run(["evaluate", classify_run, "--data", texts / "train.txt", "--json"], capsys)
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and figures["examples"] == 60
+
+
+def test_classify_series_from_ts(tmp_path, capsys):
+    rng = random.Random(1)
+    header = "#toy\n@problemName Toy\n@univariate true\n@equalLength true\n@seriesLength 12\n"
+    header += "@classLabel true 1 2\n@data\n"
+    rows = []
+    for i in range(30):
+        label = 1 + i % 2
+        rows.append(
+            ",".join(f"{(label - 1.5) * math.sin(t / 2) + rng.gauss(0, 0.1):.4f}" for t in range(12))
+            + f":{label}"
+        )
+    (tmp_path / "toy_TRAIN.ts").write_text(header + "\n".join(rows) + "\n")
+    code, out, err = run(
+        [
+            "train",
+            "classify",
+            "--data",
+            tmp_path / "toy_TRAIN.ts",
+            "--test",
+            tmp_path / "toy_TRAIN.ts",
+            "--max-steps",
+            "2",
+            "--out",
+            tmp_path / "run",
+            "--json",
+            *TINY,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["test"]["examples"] == 30
+    # malformed header: no @classLabel
+    (tmp_path / "bad.ts").write_text("@problemName Toy\n@data\n1,2,3:1\n")
+    fails(
+        ["train", "classify", "--data", tmp_path / "bad.ts", "--out", tmp_path / "r2", *TINY],
+        capsys,
+        "bad.ts",
+        "malformed .ts header",
+    )
+    (tmp_path / "bad2.ts").write_text("@problemName Toy\nnot a tag\n@data\n1,2,3:1\n")
+    fails(
+        ["train", "classify", "--data", tmp_path / "bad2.ts", "--out", tmp_path / "r3", *TINY],
+        capsys,
+        "line 2",
+        "malformed .ts header",
+    )
+
+
+def test_classify_bad_inputs_leave_the_run_alone(classify_run, texts, tmp_path, capsys):
+    before = digest(classify_run)
+    (tmp_path / "data.csv").write_text("label,text\npos,good film\nneg,bad film\n")
+    fails(
+        [
+            "train",
+            "classify",
+            "--data",
+            tmp_path / "data.csv",
+            "--text-col",
+            "review",
+            "--out",
+            tmp_path / "r",
+            *TINY,
+        ],
+        capsys,
+        "unknown column 'review'",
+        "label, text",
+    )
+    fails(
+        [
+            "train",
+            "classify",
+            "--data",
+            tmp_path / "data.csv",
+            "--label-col",
+            "y",
+            "--out",
+            tmp_path / "r",
+            *TINY,
+        ],
+        capsys,
+        "unknown column 'y'",
+    )
+    classes = tmp_path / "classes"
+    classes.mkdir()
+    (classes / "pos.txt").write_text("good film\n")
+    (classes / "neg.txt").write_text("\n")
+    fails(
+        ["train", "classify", "--data", classes, "--out", tmp_path / "r", *TINY], capsys, "neg", "empty class"
+    )
+    fails(["predict", classify_run, "--data", texts / "unseen.txt"], capsys, "'meh' never seen in training")
+    fails(["evaluate", classify_run, "--data", texts / "unseen.txt"], capsys, "'meh' never seen in training")
+    # training again into the same folder is refused, not overwritten
+    fails(
+        ["train", "classify", "--data", texts / "train.txt", "--out", classify_run, *TINY],
+        capsys,
+        "already holds a run",
+    )
+    assert digest(classify_run) == before
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("translate")
+    rng = random.Random(2)
+    de = {"eins": "one", "zwei": "two", "drei": "three", "vier": "four"}
+    src, tgt = [], []
+    for _ in range(40):
+        words = [rng.choice(list(de)) for _ in range(rng.randint(1, 4))]
+        src.append(" ".join(words))
+        tgt.append(" ".join(de[w] for w in words))
+    (folder / "train.de").write_text("\n".join(src) + "\n")
+    (folder / "train.en").write_text("\n".join(tgt) + "\n")
+    (folder / "short.en").write_text("\n".join(tgt[:-1]) + "\n")
+    (folder / "pairs.tsv").write_text("\n".join(f"{s}\t{t}" for s, t in zip(src, tgt)) + "\n")
+    return folder
+
+
+def test_translate_end_to_end_and_bad_inputs(pairs, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        [
+            "train",
+            "translate",
+            "--source",
+            pairs / "train.de",
+            "--target",
+            pairs / "train.en",
+            "--level",
+            "word",
+            "--min-freq",
+            "1",
+            "--max-steps",
+            "3",
+            "--out",
+            out,
+            "--json",
+            "--beam-size",
+            "2",
+            *TINY,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(stdout.strip().splitlines()[-1])
+    for split in ("valid", "test"):
+        m = result[split]
+        assert 0 <= m["token_accuracy"] <= 1 and m["perplexity"] > 1 and 0 <= m["bleu"] <= 100
+    assert (out / "attention.png").stat().st_size > 0
+    code, stdout, _ = run(
+        ["translate", out, "--beam-size", "3", "--heatmap", tmp_path / "h.png"],
+        capsys,
+        stdin="eins zwei\ndrei\n",
+        monkeypatch=monkeypatch,
+    )
+    # one output line per input line (an untrained model may well emit empty translations)
+    assert code == 0 and stdout.count("\n") == 2 and (tmp_path / "h.png").is_file()
+    code, stdout, _ = run(["evaluate", out, "--data", pairs / "pairs.tsv", "--json"], capsys)
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["pairs"] == 40
+
+    before = digest(out)
+    fails(
+        [
+            "train",
+            "translate",
+            "--source",
+            pairs / "train.de",
+            "--target",
+            pairs / "short.en",
+            "--out",
+            tmp_path / "r2",
+            *TINY,
+        ],
+        capsys,
+        "line count",
+        "40",
+        "39",
+    )
+    fails(["translate", out, "--beam-size", "0"], capsys, "--beam-size must be a positive integer")
+    fails(
+        [
+            "train",
+            "translate",
+            "--pairs",
+            pairs / "pairs.tsv",
+            "--beam-size",
+            "0",
+            "--out",
+            tmp_path / "r3",
+            *TINY,
+        ],
+        capsys,
+        "--beam-size",
+    )
+    assert not (tmp_path / "r3").exists()
+    assert digest(out) == before
+
+
+def test_generate_from_and_sample(texts, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        [
+            "train",
+            "generate-from",
+            "--data",
+            texts / "train.txt",
+            "--level",
+            "char",
+            "--max-steps",
+            "3",
+            "--out",
+            out,
+            "--json",
+            *TINY,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert set(result["samples"]) == {"pos", "neg"} and result["valid"]["perplexity"] > 1
+    code, stdout, _ = run(["sample", out, "--condition", "pos", "--count", "3", "--seed", "1"], capsys)
+    code2, stdout2, _ = run(["sample", out, "--condition", "pos", "--count", "3", "--seed", "1"], capsys)
+    assert code == code2 == 0 and stdout == stdout2 and len(stdout.split("\n")) == 4
+    fails(["sample", out, "--condition", "meh"], capsys, "'meh' was never seen in training")
+    code, stdout, _ = run(["evaluate", out, "--data", texts / "train.txt", "--json"], capsys)
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["examples"] == 60
+
+
+def test_forecast_end_to_end_and_bad_inputs(tmp_path, capsys):
+    rows = ["month,sales,promo"] + [
+        f"m{i},{100 + i + 10 * math.sin(i * math.pi / 6):.2f},{i % 3}" for i in range(60)
+    ]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        [
+            "train",
+            "forecast",
+            "--data",
+            tmp_path / "s.csv",
+            "--target-col",
+            "sales",
+            "--covariates",
+            "promo",
+            "--horizon",
+            "6",
+            "--lookback",
+            "12",
+            "--epochs",
+            "1",
+            "--passes",
+            "1",
+            "--hidden-size",
+            "8",
+            "--out",
+            out,
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    m = json.loads(stdout.strip().splitlines()[-1])["test"]
+    assert m["points"] == 6 and m["mape"] >= 0 and m["naive_mape"] >= 0
+    assert (out / "forecast.png").stat().st_size > 0
+    code, stdout, _ = run(["evaluate", out, "--data", tmp_path / "s.csv", "--json"], capsys)
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["points"] == 6
+
+    before = digest(out)
+    bad = rows[:30] + ["m30,abc,1"] + rows[31:]
+    (tmp_path / "bad.csv").write_text("\n".join(bad) + "\n")
+    fails(
+        [
+            "train",
+            "forecast",
+            "--data",
+            tmp_path / "bad.csv",
+            "--target-col",
+            "sales",
+            "--out",
+            tmp_path / "r2",
+        ],
+        capsys,
+        "row 31",
+        "'sales'",
+        "'abc' is not a number",
+    )
+    fails(
+        [
+            "train",
+            "forecast",
+            "--data",
+            tmp_path / "s.csv",
+            "--target-col",
+            "revenue",
+            "--out",
+            tmp_path / "r3",
+        ],
+        capsys,
+        "unknown column 'revenue'",
+    )
+    fails(["evaluate", out, "--data", tmp_path / "bad.csv"], capsys, "is not a number")
+    assert digest(out) == before
