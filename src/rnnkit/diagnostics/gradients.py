@@ -98,6 +98,8 @@ def gradient_flow(model: nn.Module, batch: Any, loss_fn: LossFn) -> GradientFlow
 
     Shapes: per layer, ``(T, B)`` norms; see :class:`LayerGradients`.
     """
+    if not torch.is_grad_enabled():
+        raise RuntimeError("gradient_flow: gradients are disabled here (called under torch.no_grad())")
     records: list[tuple[str, int, LayerTrace]] = []
     calls: dict[str, int] = defaultdict(int)
 

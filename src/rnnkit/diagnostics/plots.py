@@ -46,14 +46,27 @@ def plot_curves(
     log_y: bool = True,
     x: Mapping[str, Curve] | None = None,
     hline: float | None = None,
+    paired: bool = False,
 ) -> Path:
-    """One line per entry of ``curves`` (label → values), x from ``x[label]`` or ``0..n-1``."""
+    """One line per entry of ``curves`` (label → values), x from ``x[label]`` or ``0..n-1``.
+
+    With ``paired``, labels that differ only in their last word (``"lstm init"``, ``"lstm
+    trained"``) share a colour, and the first of each pair is dashed.
+    """
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
+    colours: dict[str, str] = {}
+    palette = [f"C{i}" for i in range(10)]
     for label, curve in curves.items():
         values = _floats(curve)
         xs = _floats(x[label]) if x is not None and label in x else list(range(len(values)))
-        ax.plot(xs, _positive(values) if log_y else values, label=label, linewidth=1.2)
+        style: dict[str, object] = {}
+        if paired:
+            group = label.rsplit(" ", 1)[0]
+            first = group not in colours
+            colours.setdefault(group, palette[len(colours) % len(palette)])
+            style = {"color": colours[group], "linestyle": "--" if first else "-"}
+        ax.plot(xs, _positive(values) if log_y else values, label=label, linewidth=1.2, **style)
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
     if log_y:

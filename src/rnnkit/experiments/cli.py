@@ -5,6 +5,8 @@ Mount with ``app.add_typer(experiment_app, name="experiment")``.
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -77,7 +79,12 @@ def long_memory_command(
         raise typer.Exit(2) from None
     start = time.perf_counter()
     result = run_long_memory(config, progress=lambda line: typer.echo(line, err=True))
-    html = write_report(result, out)
+    command = (
+        "rnnkit experiment " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("long-memory") :])
+        if "long-memory" in sys.argv
+        else None
+    )
+    html = write_report(result, out, command)
     columns, rows = table_rows(result)
     typer.echo(" | ".join(columns))
     for row in rows:

@@ -279,8 +279,11 @@ def summary_lines(result: LongMemoryResult) -> list[str]:
     return lines
 
 
-def write_report(result: LongMemoryResult, out: str | Path) -> Path:
-    """Write the report folder ``out`` and return the path of its ``report.html``."""
+def write_report(result: LongMemoryResult, out: str | Path, command: str | None = None) -> Path:
+    """Write the report folder ``out`` and return the path of its ``report.html``.
+
+    ``command``, if given, is recorded as the way to reproduce the run.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = result.config
@@ -302,7 +305,10 @@ def write_report(result: LongMemoryResult, out: str | Path) -> Path:
             curves[f"T={length} init"] = run.grad_flow_init
             curves[f"T={length} trained"] = run.grad_flow_trained
         path = diag.plot_gradient_flow(
-            curves, out / f"gradient_flow_{cell}.png", title=f"{cell}: ‖∂L/∂h_t‖ against t"
+            curves,
+            out / f"gradient_flow_{cell}.png",
+            title=f"{cell}: ‖∂L/∂h_t‖ against t (dashed: at init)",
+            paired=True,
         )
         images.append((f"Gradient flow, {cell}, every length, before and after training", path))
     both = {
@@ -315,20 +321,25 @@ def write_report(result: LongMemoryResult, out: str | Path) -> Path:
         (
             f"Gradient flow at T={longest}: every cell",
             diag.plot_gradient_flow(
-                both, out / "gradient_flow_cells.png", title=f"‖∂L/∂h_t‖ against t at T={longest}"
+                both,
+                out / "gradient_flow_cells.png",
+                title=f"‖∂L/∂h_t‖ against t at T={longest} (dashed: at init)",
+                paired=True,
             ),
         ),
     )
     jac = {
         f"{c} {k}": result.jacobians[k][c]
-        for k in ("init", "trained")
         for c in cfg.cells
+        for k in ("init", "trained")
         if c in result.jacobians[k]
     }
     images.append(
         (
             f"Jacobian norm ‖∂h_T/∂h_t‖ (spectral) against T − t at T={longest}",
-            diag.plot_jacobian_norms(jac, out / "jacobian.png"),
+            diag.plot_jacobian_norms(
+                jac, out / "jacobian.png", title="‖∂h_T/∂h_t‖ (dashed: at init)", paired=True
+            ),
         )
     )
     curves = {}
@@ -382,6 +393,7 @@ def write_report(result: LongMemoryResult, out: str | Path) -> Path:
         )
 
     payload = {
+        "command": command,
         "config": asdict(cfg),
         "metric": result.metric_name,
         "higher_is_better": result.higher_is_better,
@@ -426,6 +438,8 @@ def write_report(result: LongMemoryResult, out: str | Path) -> Path:
         f"(chance: {result.chance:.3g}). Total time {result.seconds:.0f} s on "
         f"{result.machine.get('cpu_count')} CPU(s), torch {result.machine.get('torch')}, engine {cfg.engine}."
     )
+    if command:
+        report.code(command)
     report.heading("Example sequence")
     report.code(result.example)
     report.heading("Results")
