@@ -66,7 +66,9 @@ class Plan:
 
     ``path`` one of :data:`PATHS`; ``block_b`` batch rows per program; ``block_h`` hidden columns
     per block (``resident``: all of ``H``, padded to a power of two); ``block_k`` reduction tile;
-    ``num_warps`` per program. Block sizes are powers of two >= 16 (``tl.dot``'s minimum).
+    ``num_warps`` per program; ``num_stages`` software-pipelining depth (1: none; the blocked
+    kernels' reduction loop spills registers when pipelined). Block sizes are powers of two >= 16
+    (``tl.dot``'s minimum).
     """
 
     path: str
@@ -74,6 +76,7 @@ class Plan:
     block_h: int = 32
     block_k: int = 32
     num_warps: int = 4
+    num_stages: int = 1
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -84,6 +87,8 @@ class Plan:
                 raise ValueError(f"Plan: {name} must be a power of two >= 16, got {v}")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"Plan: num_warps must be a power of two <= 16, got {self.num_warps}")
+        if not 1 <= self.num_stages <= 4:
+            raise ValueError(f"Plan: num_stages must be in [1, 4], got {self.num_stages}")
 
 
 def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: str | None = None) -> Plan:
@@ -100,9 +105,10 @@ def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: 
         else:
             path = "stepwise"
     if path == "resident":
-        return Plan("resident", block_b=block_b, block_h=HP, block_k=HP, num_warps=4 if HP <= 64 else 8)
-    block_h = min(64, HP)
-    return Plan(path, block_b=block_b, block_h=block_h, block_k=min(64, HP), num_warps=4)
+        # the time loop's loads (next step's projections) may be pipelined
+        return Plan("resident", block_b, HP, HP, num_warps=4 if HP <= 64 else 8, num_stages=2)
+    # 64x32 tiles and 8 warps compile without register spills for sm_90 (benchmarks/compile_check.py)
+    return Plan(path, block_b, block_h=min(64, HP), block_k=min(32, HP), num_warps=8, num_stages=1)
 
 
 def supports(mode: str, x: Tensor, weights: LayerWeights) -> bool:
@@ -122,8 +128,9 @@ def supports(mode: str, x: Tensor, weights: LayerWeights) -> bool:
 
 
 def _precision(dtype: torch.dtype) -> str:
-    # fp32 follows torch's matmul setting (TF32 only when the user allowed it)
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not INTERPRETED:
+    # fp32 follows the switch that governs torch.nn's cuDNN RNNs (on by default), so the drop-in
+    # rounds like the layer it replaces; "ieee" fp32 dots also fall off the tensor cores
+    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not INTERPRETED:
         return "tf32"
     return "ieee"
 
@@ -136,6 +143,10 @@ def _flags(mode: str, nonlinearity: str, dtype: torch.dtype) -> dict:
         PRECISION=_precision(dtype),
         UPCAST=INTERPRETED and dtype == torch.bfloat16,
     )
+
+
+def _launch(plan: Plan) -> dict:
+    return dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
 
 
 class _TritonLayer(torch.autograd.Function):
@@ -175,25 +186,21 @@ class _TritonLayer(torch.autograd.Function):
             cn = torch.empty_like(hn) if mode == "lstm" else hn
             K.fwd_resident_kernel[(n_btiles,)](
                 xg, w_hh, b_hn, h0, c0, lens, out, cs, save, hn, cn, T, B, H,
-                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, num_warps=plan.num_warps, **flags,
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
             )  # fmt: skip
         else:
             hbuf = torch.empty(2, B, H, dtype=torch.float32, device=x.device)
             hbuf[0] = h0
             cn = c0.float().clone() if mode == "lstm" else hbuf  # c only exists for LSTM
             n_hblocks = triton.cdiv(H, plan.block_h)
-            common = dict(
-                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, num_warps=plan.num_warps
-            )
+            common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
             args = (xg, w_hh, b_hn, lens, hbuf, cn, out, cs, save)
             if plan.path == "persistent":
-                K.fwd_blocked_kernel[(n_btiles, 1)](
-                    *args, 0, T, B, H, HB_PER_PROG=n_hblocks, SYNC=True, **common, **flags
-                )
+                K.fwd_blocked_kernel[(n_btiles, 1)](*args, 0, T, B, H, n_hblocks, 1, **common, **flags)
             else:
                 for t in range(T):
                     K.fwd_blocked_kernel[(n_btiles, n_hblocks)](
-                        *args, t, t + 1, B, H, HB_PER_PROG=1, SYNC=False, **common, **flags
+                        *args, t, t + 1, B, H, 1, 0, **common, **flags
                     )
             hn = hbuf[T % 2]
         ctx.mode, ctx.nonlinearity, ctx.plan = mode, nonlinearity, plan
@@ -226,29 +233,21 @@ class _TritonLayer(torch.autograd.Function):
             dc0 = torch.empty_like(dh0)
             K.bwd_resident_kernel[(n_btiles,)](
                 w_hh, h0, c0, lens, out, cs, save, dout, dh_n, dc_n, dgi, dgh, dh0, dc0, T, B, H,
-                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, num_warps=plan.num_warps, **flags,
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
             )  # fmt: skip
         else:
             direct = dh_n.clone()
             dc0 = dc_n.clone()
             n_hblocks = triton.cdiv(H, plan.block_h)
-            common = dict(
-                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, num_warps=plan.num_warps
-            )
+            common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
             args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh, dh0)
             if plan.path == "persistent":
-                K.bwd_blocked_kernel[(n_btiles, 1)](
-                    *args, T, 0, T, B, H, HB_PER_PROG=n_hblocks, SYNC=True, EPILOGUE=True, **common, **flags
-                )
+                K.bwd_blocked_kernel[(n_btiles, 1)](*args, T, 0, T, B, H, n_hblocks, 1, 1, **common, **flags)
             else:
                 grid = (n_btiles, n_hblocks)
                 for u in range(T, 0, -1):
-                    K.bwd_blocked_kernel[grid](
-                        *args, u, u - 1, T, B, H, HB_PER_PROG=1, SYNC=False, EPILOGUE=False, **common, **flags
-                    )
-                K.bwd_blocked_kernel[grid](
-                    *args, 0, 0, T, B, H, HB_PER_PROG=1, SYNC=False, EPILOGUE=True, **common, **flags
-                )
+                    K.bwd_blocked_kernel[grid](*args, u, u - 1, T, B, H, 1, 0, 0, **common, **flags)
+                K.bwd_blocked_kernel[grid](*args, 0, 0, T, B, H, 1, 0, 1, **common, **flags)
 
         dgi2 = dgi.view(T * B, G)  # (T*B, G)
         dgh2 = dgh.view(T * B, G)

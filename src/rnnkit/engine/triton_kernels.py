@@ -12,18 +12,22 @@ Two families:
   registers before the time loop and keeps ``h`` (and ``c``, ``dh``, ``dc``) there, so a step
   costs ``NG`` small matrix products plus fused gate arithmetic and no global round trip.
 - ``*_blocked_kernel``: any hidden size. ``h`` lives in a small fp32 workspace and ``W_hh`` is
-  read tile by tile (from L2) every step. With ``SYNC`` one program loops over every hidden
+  read tile by tile (from L2) every step. With ``sync`` one program loops over every hidden
   block and all steps (one launch, a barrier between steps); without it the host launches one
   step at a time on a grid split over the hidden dimension, since programs cannot wait on each
   other (and the interpreter runs programs one after another, so spin-waits would deadlock).
 
-Time bounds are not specialised on (``do_not_specialize``): the stepwise path launches with a
-new ``t`` each step and must not compile a variant per value. Layouts (all contiguous): ``xg`` ``(T, B, G)`` input projections with biases folded in (GRU keeps
-``b_hn`` apart, the reset gate scales it); ``w`` ``(G, H)`` = ``weight_hh``; ``out`` ``(T, B, H)``;
-``cs`` ``(T, B, H)`` LSTM cell states; ``save`` ``(T, B, 4H)`` gate activations (LSTM ``i, f, g, o``,
-GRU ``r, z, n, W_hn h + b_hn``); ``dgi``/``dgh`` ``(T, B, G)`` gradients of the input-side and
-hidden-side pre-activations (the same buffer except for GRU). Steps ``t >= lens[b]`` freeze the
-state, write a zero output and a zero gate gradient.
+Compiled variants are kept few, since each costs seconds to build: the time bounds, ``B`` and
+the blocked kernels' launch options (``hb_per_prog``, ``sync``, ``epilogue``) are runtime
+arguments that Triton does not specialise on (``do_not_specialize``), so the stepwise path does
+not compile a variant per step and both blocked paths share one.
+
+Layouts (all contiguous): ``xg`` ``(T, B, G)`` input projections with biases folded in (GRU
+keeps ``b_hn`` apart, the reset gate scales it); ``w`` ``(G, H)`` = ``weight_hh``; ``out``
+``(T, B, H)``; ``cs`` ``(T, B, H)`` LSTM cell states; ``save`` ``(T, B, 4H)`` gate activations
+(LSTM ``i, f, g, o``, GRU ``r, z, n, W_hn h + b_hn``); ``dgi``/``dgh`` ``(T, B, G)`` gradients
+of the input-side and hidden-side pre-activations (the same buffer except for GRU). Steps
+``t >= lens[b]`` freeze the state, write a zero output and a zero gate gradient.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def _load_prev(first_ptr, seq_ptr, t, off, mask, BH):
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "B"])
 def fwd_resident_kernel(
     xg_ptr,
     w_ptr,
@@ -250,7 +254,7 @@ def _bwd_cell(
     return d0, d1, d2, d3, direct, dc_prev
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "B"])
 def bwd_resident_kernel(
     w_ptr,
     h0_ptr,
@@ -321,7 +325,7 @@ def bwd_resident_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["t_begin", "t_end"])
+@triton.jit(do_not_specialize=["t_begin", "t_end", "B", "hb_per_prog", "sync"])
 def fwd_blocked_kernel(
     xg_ptr,
     w_ptr,
@@ -336,21 +340,23 @@ def fwd_blocked_kernel(
     t_end,
     B,
     H,
+    hb_per_prog,
+    sync,
     MODE: tl.constexpr,
     NG: tl.constexpr,
     RELU: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    HB_PER_PROG: tl.constexpr,
-    SYNC: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Steps ``t_begin <= t < t_end``. ``hbuf`` ``(2, B, H)`` fp32 double-buffers ``h`` (step ``t``
+    """Steps ``t_begin <= t < t_end``. Launch options are runtime arguments (one compiled variant
+    serves both blocked paths): ``hb_per_prog`` hidden blocks per program, ``sync`` a barrier
+    after each step. ``hbuf`` ``(2, B, H)`` fp32 double-buffers ``h`` (step ``t``
     reads slot ``t % 2``); ``cbuf`` ``(B, H)`` fp32 holds ``c``, which only its own block touches.
     Program ``(pid_b, pid_h)`` owns batch tile ``pid_b`` and hidden blocks
-    ``pid_h * HB_PER_PROG ...``."""
+    ``pid_h * hb_per_prog ...``."""
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -363,8 +369,8 @@ def fwd_blocked_kernel(
         src = hbuf_ptr + (t % 2) * BH
         dst = hbuf_ptr + ((t + 1) % 2) * BH
         valid = (t < lens)[:, None]
-        for jj in range(HB_PER_PROG):
-            cols = (pid_h * HB_PER_PROG + jj) * BLOCK_H + tl.arange(0, BLOCK_H)
+        for jj in range(hb_per_prog):
+            cols = (pid_h * hb_per_prog + jj) * BLOCK_H + tl.arange(0, BLOCK_H)
             cmask = cols < H
             m2 = rmask[:, None] & cmask[None, :]
             st = rows[:, None] * H + cols[None, :]
@@ -426,7 +432,7 @@ def fwd_blocked_kernel(
                 tl.store(sp + 3 * H, hn.to(save_ptr.dtype.element_ty), mask=m2)
             tl.store(dst + st, tl.where(valid, h_new, h), mask=m2)
             tl.store(out_ptr + t * BH + st, tl.where(valid, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=m2)
-        if SYNC:
+        if sync:
             # the next step reads h blocks that other threads of this program just wrote
             tl.debug_barrier()
 
@@ -468,7 +474,7 @@ def _hidden_grad_block(
     return acc
 
 
-@triton.jit(do_not_specialize=["u_hi", "u_lo", "T"])
+@triton.jit(do_not_specialize=["u_hi", "u_lo", "T", "B", "hb_per_prog", "sync", "epilogue"])
 def bwd_blocked_kernel(
     w_ptr,
     h0_ptr,
@@ -488,22 +494,22 @@ def bwd_blocked_kernel(
     T,
     B,
     H,
+    hb_per_prog,
+    sync,
+    epilogue,
     MODE: tl.constexpr,
     NG: tl.constexpr,
     RELU: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    HB_PER_PROG: tl.constexpr,
-    SYNC: tl.constexpr,
-    EPILOGUE: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """Stages ``u_hi >= u > u_lo``; stage ``u`` finishes ``dh`` for step ``u - 1`` from the gate
     gradients of step ``u`` and then runs the backward of step ``u - 1`` on its own hidden block.
     ``direct`` ``(B, H)`` fp32 holds the part of ``dh`` that skips ``W_hh`` (start: ``dh_n``);
-    ``dc`` ``(B, H)`` fp32 the cell gradient. ``EPILOGUE`` runs stage 0, which writes ``dh0``."""
+    ``dc`` ``(B, H)`` fp32 the cell gradient. ``epilogue`` runs stage 0, which writes ``dh0``."""
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -513,8 +519,8 @@ def bwd_blocked_kernel(
         u = u_hi - s
         t = u - 1
         valid = (t < lens)[:, None]
-        for jj in range(HB_PER_PROG):
-            cols = (pid_h * HB_PER_PROG + jj) * BLOCK_H + tl.arange(0, BLOCK_H)
+        for jj in range(hb_per_prog):
+            cols = (pid_h * hb_per_prog + jj) * BLOCK_H + tl.arange(0, BLOCK_H)
             cmask = cols < H
             m2 = rmask[:, None] & cmask[None, :]
             st = rows[:, None] * H + cols[None, :]
@@ -545,12 +551,12 @@ def bwd_blocked_kernel(
             tl.store(direct_ptr + st, direct, mask=m2)
             if MODE == 1:
                 tl.store(dc_ptr + st, dc, mask=m2)
-        if SYNC:
+        if sync:
             # the next stage reads gate gradients of every hidden block of this step
             tl.debug_barrier()
-    if EPILOGUE:
-        for jj in range(HB_PER_PROG):
-            cols = (pid_h * HB_PER_PROG + jj) * BLOCK_H + tl.arange(0, BLOCK_H)
+    if epilogue:
+        for jj in range(hb_per_prog):
+            cols = (pid_h * hb_per_prog + jj) * BLOCK_H + tl.arange(0, BLOCK_H)
             cmask = cols < H
             dh = _hidden_grad_block(
                 dgh_ptr,

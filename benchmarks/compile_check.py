@@ -1,0 +1,149 @@
+"""Compile every Triton kernel variant the benchmark grids use for an H100 (sm_90a), without a GPU.
+
+This proves the kernels pass Triton's compiled-mode checks (the interpreter is more lenient) and
+reports, per variant, the registers, spills and shared memory that ptxas and Triton assign,
+against the H100's 227 KiB of shared memory per block. It measures nothing about speed.
+
+    PYTHONPATH=src python benchmarks/compile_check.py [--out benchmarks/results/compile_sm90.json]
+
+Needs triton (with its bundled ptxas); uses ``triton.compile`` on an ``ASTSource`` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_gpu import DTYPES, ISSUE_GRID, LAYERS_GRID  # noqa: E402
+from rnnkit.engine import triton_engine as te  # noqa: E402
+from rnnkit.engine import triton_kernels as K  # noqa: E402
+
+H100_SMEM = 232448  # bytes of shared memory one block may use on sm_90
+FP32_BUFFERS = {"hbuf_ptr", "cbuf_ptr", "hn_ptr", "cn_ptr", "direct_ptr", "dc_ptr", "dh0_ptr", "dc0_ptr"}
+FP32_BUFFERS |= {"dhn_ptr", "dcn_ptr"}
+TL_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def signature(fn, dtype: str, constexprs: dict) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name == "lens_ptr":
+            sig[name] = "*i64"
+        elif name in FP32_BUFFERS:
+            sig[name] = "*fp32"
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + dtype
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def ptxas_info(ptx: str) -> dict:
+    """Registers and spills from ptxas -v (the newest bundled ptxas that reads Triton's PTX)."""
+    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        for exe in ("ptxas-blackwell", "ptxas"):
+            if not (bindir / exe).exists():
+                continue
+            cmd = [str(bindir / exe), "-arch=sm_90a", "-v", str(src), "-o", os.devnull]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode == 0:
+                text = out.stdout + out.stderr
+                regs = re.search(r"Used (\d+) registers", text)
+                spill = re.search(r"(\d+) bytes spill stores", text)
+                return {"registers": int(regs.group(1)) if regs else None, "spill_bytes": int(spill.group(1))}
+    return {"registers": None, "spill_bytes": None}
+
+
+def variants():
+    """(kernel, dtype, constexprs, plan, where) for every default and alternative plan."""
+    seen = set()
+    for grid, modes in ((ISSUE_GRID, ("lstm", "gru")), (LAYERS_GRID, ("lstm", "gru", "rnn"))):
+        for B, _T, _I, H in grid:
+            for mode in modes:
+                for dtype in DTYPES.values():
+                    default = te.plan_for(mode, B, H, dtype).path
+                    for path in dict.fromkeys((default, "persistent", "stepwise")):
+                        plan = te.plan_for(mode, B, H, dtype, path)
+                        flags = dict(te._flags(mode, "tanh", dtype), UPCAST=False)
+                        if path == "resident":
+                            c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h)
+                            kernels = [(K.fwd_resident_kernel, c), (K.bwd_resident_kernel, c)]
+                        else:
+                            c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
+                            kernels = [
+                                (K.fwd_blocked_kernel, c),
+                                (K.bwd_blocked_kernel, c),
+                            ]
+                        for fn, cx in kernels:
+                            launch = (
+                                plan.num_warps,
+                                plan.num_stages,
+                            )  # the path itself is a runtime argument
+                            key = (fn.__name__, TL_NAME[dtype], tuple(sorted(cx.items())), launch)
+                            if key not in seen:
+                                seen.add(key)
+                                where = f"{mode} {TL_NAME[dtype]} B={B} H={H} {path}"
+                                yield fn, TL_NAME[dtype], cx, plan, where
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compile_sm90.json")
+    args = ap.parse_args()
+    rows = []
+    for fn, dtype, cx, plan, where in variants():
+        t0 = time.perf_counter()
+        row = {
+            "kernel": fn.__name__,
+            "first_use": where,
+            "num_warps": plan.num_warps,
+            "num_stages": plan.num_stages,
+        }
+        row["constexprs"] = {k: v for k, v in cx.items() if k in ("MODE", "BLOCK_B", "BLOCK_H", "BLOCK_K")}
+        try:
+            src = ASTSource(fn, signature(fn, dtype, cx), cx)
+            k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=te._launch(plan))
+            row["shared_bytes"] = k.metadata.shared
+            row["fits_h100_smem"] = k.metadata.shared <= H100_SMEM
+            row["weights_staged_in_smem_before_loop"] = _hoisted(k.asm["ttgir"])
+            row.update(ptxas_info(k.asm["ptx"]))
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"[:400]
+        row["compile_s"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"target": "cuda sm_90a (H100), compiled offline", "triton": triton.__version__, "rows": rows}
+    args.out.write_text(json.dumps(payload, indent=1))
+    bad = [r for r in rows if "error" in r or not r.get("fits_h100_smem", False)]
+    print(f"wrote {args.out}: {len(rows)} variants, {len(bad)} failing or over the shared-memory limit")
+    return 1 if bad else 0
+
+
+def _hoisted(ttgir: str) -> bool | None:
+    """Whether a shared-memory allocation happens before the first loop (resident kernels: W_hh)."""
+    loop = ttgir.find("scf.for")
+    alloc = ttgir.find("ttg.local_alloc")
+    return None if loop < 0 or alloc < 0 else alloc < loop
+
+
+if __name__ == "__main__":
+    sys.exit(main())
