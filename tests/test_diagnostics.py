@@ -298,7 +298,9 @@ def test_plots_and_html_report(tmp_path):
     with GateRecorder(layer) as recorder:
         layer(x)
     paths = [
-        plot_gradient_flow({"h": flow.layers[0].curve(), "c": flow.layers[0].curve("c")}, tmp_path / "g.png"),
+        plot_gradient_flow(
+            {"x h": flow.layers[0].curve(), "x c": flow.layers[0].curve("c")}, tmp_path / "g.png", paired=True
+        ),
         plot_jacobian_norms({"lstm": jac[0].curve()}, tmp_path / "j.png"),
         plot_gate_stats(recorder.stats, tmp_path / "gates.png"),
         plot_state_magnitudes(recorder.stats, tmp_path / "state.png"),

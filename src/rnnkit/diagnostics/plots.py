@@ -79,23 +79,27 @@ def plot_curves(
 
 
 def plot_gradient_flow(
-    curves: Mapping[str, Curve], path: str | Path, *, title: str = "Gradient flow"
+    curves: Mapping[str, Curve], path: str | Path, *, title: str = "Gradient flow", paired: bool = False
 ) -> Path:
     """``‖∂L/∂h_t‖`` against the step ``t`` on a log axis, one line per label.
 
     Shapes: each curve ``(T,)`` (e.g. :meth:`LayerGradients.curve`).
     """
-    return plot_curves(curves, path, title=title, xlabel="step t", ylabel="‖∂L/∂h_t‖ (log)")
+    return plot_curves(curves, path, title=title, xlabel="step t", ylabel="‖∂L/∂h_t‖ (log)", paired=paired)
 
 
 def plot_jacobian_norms(
-    curves: Mapping[str, Curve], path: str | Path, *, title: str = "‖∂h_T/∂h_t‖ against T − t"
+    curves: Mapping[str, Curve],
+    path: str | Path,
+    *,
+    title: str = "‖∂h_T/∂h_t‖ against T − t",
+    paired: bool = False,
 ) -> Path:
     """Jacobian product norms against the lag ``T − t`` on a log axis.
 
     Shapes: each curve ``(T + 1,)`` indexed by lag (e.g. :meth:`LayerJacobians.curve`).
     """
-    return plot_curves(curves, path, title=title, xlabel="lag T − t", ylabel="norm (log)")
+    return plot_curves(curves, path, title=title, xlabel="lag T − t", ylabel="norm (log)", paired=paired)
 
 
 def plot_grad_norm_traces(
