@@ -18,7 +18,13 @@ __all__ = ["ENGINES", "LayerWeights", "State", "run", "resolve", "reverse_within
 
 
 def resolve(engine: str, mode: str, x: Tensor, weights: LayerWeights) -> str:
-    """The concrete engine (``fused`` or ``reference``) that ``engine`` stands for here."""
+    """The concrete engine (``fused`` or ``reference``) that ``engine`` stands for here.
+
+    ``auto`` policy: ``fused`` wherever it supports the call (float32/float64, any device; on the
+    CPU its compiled loop is faster than torch.nn at every benchmarked size, see
+    ``benchmarks/results/cpu.md``, and elsewhere its hand-written BPTT needs far fewer ops than
+    autograd through the reference loop); ``reference`` for everything else (e.g. float16).
+    """
     if engine != "auto":
         return engine
     try:

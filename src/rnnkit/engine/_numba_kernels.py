@@ -77,6 +77,29 @@ _STUBS: list = []
 #: Whether the kernels can call torch's own BLAS (pass as ``vendor``).
 HAVE_VENDOR_BLAS = _register_vendor_gemm()
 
+
+def _find_thread_setter():
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        setter = lib.MKL_Set_Num_Threads_Local  # C interface, int by value
+    except (OSError, AttributeError):
+        return None
+    setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+    return setter
+
+
+_SET_THREADS_LOCAL = _find_thread_setter() if HAVE_VENDOR_BLAS else None
+
+
+def set_blas_threads_local(n: int) -> int:
+    """Threads the vendor BLAS may use on this thread (0: torch's global setting); returns the old value.
+
+    The per-step products are small; splitting one across threads costs a synchronisation per
+    step, which at small sizes costs more than it saves (and on a busy machine far more).
+    """
+    return _SET_THREADS_LOCAL(n) if _SET_THREADS_LOCAL is not None else 0
+
+
 _ptr = types.intp  # pointers travel as integers: same registers as ``T*`` in the x86-64/arm64 ABIs
 _sgemm = types.ExternalFunction("rnnkit_sgemm", types.void(*[_ptr] * 13))
 _dgemm = types.ExternalFunction("rnnkit_dgemm", types.void(*[_ptr] * 13))
@@ -111,7 +134,7 @@ def _blas_gemm_impl(scalars, ints, trans, a, b, out):
     return impl
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _gemm(a, b, out, accumulate, vendor, scalars, ints, trans):
     """``out (M, N) = a (M, K) @ b (K, N)``, or ``+=`` if ``accumulate``; scratch in scalars/ints/trans."""
     if vendor:
@@ -137,6 +160,11 @@ def _scratch(dtype_like):
 
 # --- activations ---------------------------------------------------------------------------------
 
+# Fast-math without "nnan"/"ninf": NaN and inf must propagate as in torch (and the clamp in
+# ``_tanh`` relies on comparisons with NaN being false).
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_JIT = dict(cache=True, fastmath=_FASTMATH, error_model="numpy", nogil=True)
+
 _CLAMP = np.float32(7.90531110763549805)  # tanh(x) rounds to ±1 in float32 beyond this
 _A1, _A3, _A5, _A7, _A9, _A11, _A13 = (
     np.float32(v)
@@ -160,33 +188,28 @@ def _tanh(x):  # pragma: no cover - replaced by the overload
     return math.tanh(x)
 
 
-@overload(_tanh, inline="always", jit_options={"cache": True, "fastmath": True, "error_model": "numpy"})
+@overload(_tanh, jit_options={"cache": True, "fastmath": _FASTMATH, "error_model": "numpy"})
 def _tanh_impl(x):
     if x != types.float32:
         return lambda x: math.tanh(x)
 
     def impl(x):
-        # Written so that NaN passes through the clamp (a comparison with NaN is false).
-        if x > _CLAMP:
-            x = _CLAMP
-        if x < -_CLAMP:
-            x = -_CLAMP
-        x2 = x * x
-        p = x2 * _A13 + _A11
-        p = p * x2 + _A9
-        p = p * x2 + _A7
-        p = p * x2 + _A5
-        p = p * x2 + _A3
-        p = p * x2 + _A1
-        q = x2 * _B6 + _B4
-        q = q * x2 + _B2
-        q = q * x2 + _B0
-        return p * x / q
+        # min/max written so that NaN passes through (a comparison with NaN is false).
+        y = _CLAMP if x > _CLAMP else x
+        y = -_CLAMP if y < -_CLAMP else y
+        y2 = y * y
+        p = y2 * _A13 + _A11
+        p = p * y2 + _A9
+        p = p * y2 + _A7
+        p = p * y2 + _A5
+        p = p * y2 + _A3
+        p = p * y2 + _A1
+        q = y2 * _B6 + _B4
+        q = q * y2 + _B2
+        q = q * y2 + _B0
+        return p * y / q
 
     return impl
-
-
-_JIT = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
 
 
 @njit(inline="always", cache=True)
@@ -197,7 +220,7 @@ def _constant(value, like):
     return box[0]
 
 
-@njit(inline="always", **_JIT)
+@njit(**_JIT)
 def _sigmoid(x, half):
     return half * _tanh(half * x) + half
 
@@ -206,54 +229,56 @@ def _sigmoid(x, half):
 
 
 @njit(**_JIT)
-def lstm_forward(act, w_hh_t, h, c_seq, out, lengths, vendor):
+def lstm_forward(act, w_hh_t, h, c_seq, tanh_c, out, lengths, vendor):
     """LSTM over time, in place.
 
     In: ``act`` ``(T, B, 4H)`` holding ``x W_ih^T + b_ih + b_hh``; ``w_hh_t`` ``(H, 4H)``;
     ``h`` ``(B, H)`` holding ``h0``; ``c_seq[0]`` ``(B, H)`` holding ``c0``.
     Out: ``act`` = gate activations ``i, f, g, o``; ``c_seq`` ``(T+1, B, H)`` the cell states
-    (frozen past each end); ``out`` ``(T, B, H)``; ``h`` the final hidden state.
+    (frozen past each end); ``tanh_c`` ``(T, B, H)`` = ``tanh(c_t)``; ``out`` ``(T, B, H)``;
+    ``h`` the final hidden state.
     """
     T, B, G = act.shape
     H = G // 4
     half = _constant(0.5, act)
     scalars, ints, trans = _scratch(act)
     for t in range(T):
-        gates = act[t]
-        _gemm(h, w_hh_t, gates, True, vendor, scalars, ints, trans)
+        _gemm(h, w_hh_t, act[t], True, vendor, scalars, ints, trans)
         for b in range(B):
-            row = gates[b]
             c_prev = c_seq[t, b]
             c_next = c_seq[t + 1, b]
             out_row = out[t, b]
-            h_row = h[b]
-            if t < lengths[b]:
-                for j in range(H):
-                    i = _sigmoid(row[j], half)
-                    f = _sigmoid(row[H + j], half)
-                    g = _tanh(row[2 * H + j])
-                    o = _sigmoid(row[3 * H + j], half)
-                    c = f * c_prev[j] + i * g
-                    hn = o * _tanh(c)
-                    row[j] = i
-                    row[H + j] = f
-                    row[2 * H + j] = g
-                    row[3 * H + j] = o
-                    c_next[j] = c
-                    out_row[j] = hn
-                    h_row[j] = hn
-            else:
+            if t >= lengths[b]:
                 c_next[:] = c_prev
                 out_row[:] = 0.0
+                continue
+            # Short loops touching one or two arrays each: LLVM vectorises these (one long loop
+            # over all gates needs more runtime alias checks than it will emit, and stays scalar).
+            row = act[t, b]
+            for j in range(2 * H):
+                row[j] = _sigmoid(row[j], half)  # i, f
+            for j in range(2 * H, 3 * H):
+                row[j] = _tanh(row[j])  # g
+            for j in range(3 * H, G):
+                row[j] = _sigmoid(row[j], half)  # o
+            tc_row = tanh_c[t, b]
+            for j in range(H):
+                c = row[H + j] * c_prev[j] + row[j] * row[2 * H + j]
+                c_next[j] = c
+                tc_row[j] = _tanh(c)
+            for j in range(H):
+                out_row[j] = row[3 * H + j] * tc_row[j]
+            h[b] = out_row
 
 
 @njit(**_JIT)
-def lstm_backward(act, c_seq, w_hh, dout, dh, dc, dgates, lengths, vendor):
+def lstm_backward(act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths, vendor):
     """Backward of :func:`lstm_forward`, last step to first.
 
-    In: ``act``, ``c_seq`` as saved; ``w_hh`` ``(4H, H)``; ``dout`` ``(T, B, H)``; ``dh``, ``dc``
-    ``(B, H)`` holding the gradients of the final state. Out: ``dgates`` ``(T, B, 4H)``, the
-    gradient of the gate pre-activations (zero past each end); ``dh``, ``dc`` those of ``h0``, ``c0``.
+    In: ``act``, ``c_seq``, ``tanh_c`` as saved; ``w_hh`` ``(4H, H)``; ``dout`` ``(T, B, H)``;
+    ``dh``, ``dc`` ``(B, H)`` holding the gradients of the final state. Out: ``dgates``
+    ``(T, B, 4H)``, the gradient of the gate pre-activations (zero past each end); ``dh``, ``dc``
+    those of ``h0``, ``c0``.
     """
     T, B, G = act.shape
     H = G // 4
@@ -262,29 +287,32 @@ def lstm_backward(act, c_seq, w_hh, dout, dh, dc, dgates, lengths, vendor):
     for t in range(T - 1, -1, -1):
         for b in range(B):
             drow = dgates[t, b]
-            if t < lengths[b]:
-                row = act[t, b]
-                c_prev = c_seq[t, b]
-                c_row = c_seq[t + 1, b]
-                dout_row = dout[t, b]
-                dh_row = dh[b]
-                dc_row = dc[b]
-                for j in range(H):
-                    i = row[j]
-                    f = row[H + j]
-                    g = row[2 * H + j]
-                    o = row[3 * H + j]
-                    tc = _tanh(c_row[j])
-                    dh_t = dh_row[j] + dout_row[j]
-                    dc_t = dc_row[j] + dh_t * o * (one - tc * tc)
-                    drow[j] = dc_t * g * i * (one - i)
-                    drow[H + j] = dc_t * c_prev[j] * f * (one - f)
-                    drow[2 * H + j] = dc_t * i * (one - g * g)
-                    drow[3 * H + j] = dh_t * tc * o * (one - o)
-                    dc_row[j] = dc_t * f
-                    dh_row[j] = 0.0  # refilled by the product below
-            else:
-                drow[:] = 0.0  # frozen: dh, dc pass through; the product adds zero
+            if t >= lengths[b]:
+                drow[:] = 0.0  # frozen: dh, dc pass through; the product below adds zero
+                continue
+            row = act[t, b]
+            tc = tanh_c[t, b]
+            c_prev = c_seq[t, b]
+            dh_row = dh[b]
+            dc_row = dc[b]
+            dout_row = dout[t, b]
+            for j in range(H):
+                dh_row[j] += dout_row[j]  # now the total gradient of h_t
+            for j in range(H):
+                dc_row[j] += dh_row[j] * row[3 * H + j] * (one - tc[j] * tc[j])
+            for j in range(H):
+                o = row[3 * H + j]
+                drow[3 * H + j] = dh_row[j] * tc[j] * o * (one - o)
+            for j in range(H):
+                i = row[j]
+                f = row[H + j]
+                g = row[2 * H + j]
+                drow[j] = dc_row[j] * g * i * (one - i)
+                drow[H + j] = dc_row[j] * c_prev[j] * f * (one - f)
+                drow[2 * H + j] = dc_row[j] * i * (one - g * g)
+            for j in range(H):
+                dc_row[j] *= row[H + j]
+            dh_row[:] = 0.0  # refilled by the product below
         _gemm(dgates[t], w_hh, dh, True, vendor, scalars, ints, trans)
 
 

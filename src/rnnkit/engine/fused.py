@@ -166,24 +166,23 @@ class _LSTMFunction(Function):
         act = _input_projection(x, w_ih, _add_optional(b_ih, b_hh))  # (T, B, 4H)
         c_seq = x.new_empty(T + 1, B, H)  # c_seq[t + 1] is the cell state after step t
         c_seq[0] = c0
+        tanh_c = x.new_empty(T, B, H)
         out = x.new_empty(T, B, H)
         h = _fresh(h0)
-        loops.lstm_forward(act, w_hh.t().contiguous(), h, c_seq, out, lengths)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, act, c_seq, out)
+        loops.lstm_forward(act, w_hh.t().contiguous(), h, c_seq, tanh_c, out, lengths)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, act, c_seq, tanh_c, out)
         ctx.loops, ctx.lengths, ctx.first_weight_index = loops, lengths, 4
         return out, h, c_seq[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h, d_c):
-        x, h0, w_ih, w_hh, act, c_seq, out = ctx.saved_tensors
+        x, h0, w_ih, w_hh, act, c_seq, tanh_c, out = ctx.saved_tensors
         dgates = torch.empty_like(act)  # (T, B, 4H)
         dh, dc = _fresh(d_h), _fresh(d_c)
-        ctx.loops.lstm_backward(
-            act, c_seq, w_hh.contiguous(), d_out.contiguous(), dh, dc, dgates, ctx.lengths
-        )
-        grads = _parameter_grads(ctx, x, h0, out, w_ih, dgates, dgates)
-        dx, rest = grads[0], grads[1:]
+        w = w_hh.contiguous()
+        ctx.loops.lstm_backward(act, c_seq, tanh_c, w, d_out.contiguous(), dh, dc, dgates, ctx.lengths)
+        dx, *rest = _parameter_grads(ctx, x, h0, out, w_ih, dgates, dgates)
         return None, dx, dh, dc, *rest, None
 
 
@@ -250,6 +249,10 @@ def _numba_kernels():
     return kernels
 
 
+#: Per-step products below this many multiply-adds run on one BLAS thread (see ``_NumbaLoops._call``).
+_SINGLE_THREAD_BELOW = 500_000
+
+
 class _NumbaLoops:
     """Adapts tensors to the kernels: zero-copy ``numpy()`` views of contiguous CPU tensors."""
 
@@ -264,40 +267,53 @@ class _NumbaLoops:
         return [t.detach().numpy() for t in tensors]
 
     @staticmethod
-    def _lengths(lengths: Tensor | None, T: int, B: int):
+    def _lengths(lengths: Tensor | None, seq: Tensor):
+        T, B = seq.shape[:2]
         if lengths is None:
             return torch.full((B,), T, dtype=torch.int64).numpy()
         return lengths.contiguous().numpy()
 
-    def lstm_forward(self, act, w_hh_t, h, c_seq, out, lengths):
-        T, B = act.shape[:2]
-        self.kernels.lstm_forward(
-            *self._np(act, w_hh_t, h, c_seq, out), self._lengths(lengths, T, B), self.vendor
-        )
+    def _call(self, kernel, seq: Tensor, w: Tensor, *args) -> None:
+        """Run ``kernel``, its per-step products on one BLAS thread unless they are large.
 
-    def lstm_backward(self, act, c_seq, w_hh, dout, dh, dc, dgates, lengths):
-        T, B = act.shape[:2]
-        arrays = self._np(act, c_seq, w_hh, dout, dh, dc, dgates)
-        self.kernels.lstm_backward(*arrays, self._lengths(lengths, T, B), self.vendor)
+        ``seq`` ``(T, B, *)`` and the recurrent weight ``w`` (``G x H`` either way round) size one
+        step's product: ``B * G * H`` multiply-adds.
+        """
+        small = seq.shape[1] * w.numel() < _SINGLE_THREAD_BELOW
+        previous = self.kernels.set_blas_threads_local(1) if self.vendor and small else None
+        try:
+            kernel(*args)
+        finally:
+            if previous is not None:
+                self.kernels.set_blas_threads_local(previous)
+
+    def lstm_forward(self, act, w_hh_t, h, c_seq, tanh_c, out, lengths):
+        arrays = self._np(act, w_hh_t, h, c_seq, tanh_c, out)
+        self._call(self.kernels.lstm_forward, act, w_hh_t, *arrays, self._lengths(lengths, act), self.vendor)
+
+    def lstm_backward(self, act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths):
+        arrays = self._np(act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates)
+        self._call(self.kernels.lstm_backward, act, w_hh, *arrays, self._lengths(lengths, act), self.vendor)
 
     def gru_forward(self, act, w_hh_t, b_hh, h, gh_n, out, lengths):
-        T, B = act.shape[:2]
         arrays = self._np(act, w_hh_t, b_hh, h, gh_n, out)
-        self.kernels.gru_forward(*arrays, self._lengths(lengths, T, B), self.vendor)
+        self._call(self.kernels.gru_forward, act, w_hh_t, *arrays, self._lengths(lengths, act), self.vendor)
 
     def gru_backward(self, act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh, lengths):
-        T, B = act.shape[:2]
         arrays = self._np(act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh)
-        self.kernels.gru_backward(*arrays, self._lengths(lengths, T, B), self.vendor)
+        self._call(self.kernels.gru_backward, act, w_hh, *arrays, self._lengths(lengths, act), self.vendor)
 
     def rnn_forward(self, out, w_hh_t, h, lengths, relu):
-        T, B = out.shape[:2]
-        self.kernels.rnn_forward(*self._np(out, w_hh_t, h), self._lengths(lengths, T, B), relu, self.vendor)
+        arrays = self._np(out, w_hh_t, h)
+        self._call(
+            self.kernels.rnn_forward, out, w_hh_t, *arrays, self._lengths(lengths, out), relu, self.vendor
+        )
 
     def rnn_backward(self, out, w_hh, dout, dh, dpre, lengths, relu):
-        T, B = out.shape[:2]
         arrays = self._np(out, w_hh, dout, dh, dpre)
-        self.kernels.rnn_backward(*arrays, self._lengths(lengths, T, B), relu, self.vendor)
+        self._call(
+            self.kernels.rnn_backward, out, w_hh, *arrays, self._lengths(lengths, out), relu, self.vendor
+        )
 
 
 # --- time loops: tensor ops (any device) -------------------------------------------------------
@@ -313,14 +329,14 @@ class _TorchLoops:
     def _mask(lengths: Tensor | None, x: Tensor) -> Tensor | None:
         return step_mask(lengths, x.shape[0], x.device)  # (T, B, 1) or None
 
-    def lstm_forward(self, act, w_hh_t, h, c_seq, out, lengths):
+    def lstm_forward(self, act, w_hh_t, h, c_seq, tanh_c, out, lengths):
         mask = self._mask(lengths, act)
         for t in range(act.shape[0]):
             gates = act[t].addmm_(h, w_hh_t)  # (B, 4H), pre-activation, in place
             i, f, g, o = gates.chunk(4, dim=1)
             i.sigmoid_(), f.sigmoid_(), g.tanh_(), o.sigmoid_()  # act[t] now holds activations
             c = torch.addcmul(f * c_seq[t], i, g)
-            h_new = o * torch.tanh(c)
+            h_new = o * torch.tanh(c, out=tanh_c[t])
             if mask is not None:
                 c = torch.where(mask[t], c, c_seq[t])
                 h_new = torch.where(mask[t], h_new, h)
@@ -330,12 +346,12 @@ class _TorchLoops:
             c_seq[t + 1] = c
             h.copy_(h_new)
 
-    def lstm_backward(self, act, c_seq, w_hh, dout, dh, dc, dgates, lengths):
+    def lstm_backward(self, act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths):
         mask = self._mask(lengths, act)
         for t in range(act.shape[0] - 1, -1, -1):
             i, f, g, o = act[t].chunk(4, dim=1)  # each (B, H)
             di, df, dg, do = dgates[t].chunk(4, dim=1)
-            tc = torch.tanh(c_seq[t + 1])
+            tc = tanh_c[t]
             dh_t = dh + dout[t]
             dc_t = dc + dh_t * o * (1 - tc * tc)
             torch.mul(dc_t * g, i * (1 - i), out=di)
