@@ -173,6 +173,7 @@ def train_classify(
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps in all")] = None,
     lr: Annotated[float, typer.Option(help="learning rate (AdamW)")] = 3e-3,
     clip: Annotated[float, typer.Option(help="clip the gradient norm (0: off)")] = 1.0,
+    schedule: Annotated[str, typer.Option(help="learning rate: cosine, plateau or constant")] = "cosine",
     early_stopping: Annotated[
         int, typer.Option(help="epochs without improvement before stopping (0: off)")
     ] = 3,
@@ -190,7 +191,10 @@ def train_classify(
 def run_classify(**o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train classify`` (flags as keyword arguments)."""
     tc = train_config(
-        {k: o[k] for k in ("epochs", "max_steps", "lr", "clip", "early_stopping", "seed", "progress")}
+        {
+            k: o[k]
+            for k in ("epochs", "max_steps", "lr", "clip", "schedule", "early_stopping", "seed", "progress")
+        }
     )
     run_dir = new_run_dir(o["out"], "classify")
     if o["data"] is None:

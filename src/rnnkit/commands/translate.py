@@ -180,6 +180,7 @@ def train_translate(
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps in all")] = None,
     lr: Annotated[float, typer.Option(help="learning rate (AdamW)")] = 3e-3,
     clip: Annotated[float, typer.Option(help="clip the gradient norm (0: off)")] = 1.0,
+    schedule: Annotated[str, typer.Option(help="learning rate: cosine, plateau or constant")] = "cosine",
     early_stopping: Annotated[
         int, typer.Option(help="epochs without improvement before stopping (0: off)")
     ] = 3,
@@ -210,7 +211,10 @@ def run_translate(**o: Any) -> dict[str, Any]:
     if not isinstance(o["beam_size"], int) or o["beam_size"] < 1:
         raise RnnkitError(f"--beam-size must be a positive integer, got {o['beam_size']!r}")
     tc = train_config(
-        {k: o[k] for k in ("epochs", "max_steps", "lr", "clip", "early_stopping", "seed", "progress")}
+        {
+            k: o[k]
+            for k in ("epochs", "max_steps", "lr", "clip", "schedule", "early_stopping", "seed", "progress")
+        }
     )
     run_dir = new_run_dir(o["out"], "translate")
     train = _read_split(o["source"], o["target"], o["pairs"], "")
