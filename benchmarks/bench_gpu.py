@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -186,13 +187,73 @@ def triton_impls(mode: str, B: int, H: int, dtype: torch.dtype, extra: bool):
         yield f"triton:{path}", te.plan_for(mode, B, H, dtype, path), path == default.path
 
 
+def _warm(job: tuple) -> tuple:
+    """Compile one plan's kernels by running it on a tiny problem (in a worker process); Triton's
+    on-disk cache then serves the main process. Only ``H`` and the plan select the variant."""
+    mode, dname, H, plan_fields, allow_tf32, device = job
+    t0 = time.perf_counter()
+    try:
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+        from rnnkit.engine import triton_engine as te
+        from rnnkit.engine.common import LayerWeights
+
+        dtype, G = DTYPES[dname], te.NUM_GATES[mode] * H
+        B, T, I = 3, 2, 16
+
+        def leaf(*shape):
+            return (0.1 * torch.randn(*shape, device=device, dtype=dtype)).requires_grad_()
+
+        x, state = leaf(T, B, I), tuple(leaf(B, H) for _ in range(2 if mode == "lstm" else 1))
+        weights = LayerWeights(leaf(G, I), leaf(G, H), leaf(G), leaf(G))
+        out, fin = te.run(mode, x, state, weights, plan=te.Plan(**plan_fields))
+        torch.autograd.grad(
+            [out, *fin], [x, *state, *weights], [torch.ones_like(out), *map(torch.ones_like, fin)]
+        )
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return job, round(time.perf_counter() - t0, 1), None
+    except Exception as e:
+        return job, round(time.perf_counter() - t0, 1), f"{type(e).__name__}: {e}"[:300]
+
+
+def precompile(points: list, args) -> dict:
+    """Compile every Triton variant the run will use, in parallel worker processes."""
+    from rnnkit.engine import triton_engine as te
+
+    jobs = {}
+    for mode, dname, (B, _T, _I, H) in points:
+        default = te.plan_for(mode, B, H, DTYPES[dname]).path
+        for path in dict.fromkeys((default, "persistent")):  # stepwise shares persistent's kernels
+            plan = te.plan_for(mode, B, H, DTYPES[dname], path)
+            variant = (mode, dname, H % 16 == 0, dataclasses.replace(plan, path="persistent"))
+            fields = dataclasses.asdict(plan)
+            jobs.setdefault(variant, (mode, dname, H, fields, torch.backends.cudnn.allow_tf32, DEVICE))
+    workers = args.workers or max(1, min(len(jobs), (os.cpu_count() or 2) - 2, 12))
+    t0 = time.perf_counter()
+    print(f"# compiling {len(jobs)} kernel variants in {workers} processes ...", flush=True)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        done = pool.map(_warm, list(jobs.values()), chunksize=1)
+    errors = [f"{job[0]} {job[1]} H={job[2]} {job[3]['path']}: {err}" for job, _, err in done if err]
+    for e in errors:
+        print("# compile error:", e)
+    took = round(time.perf_counter() - t0, 1)
+    print(f"# compiled in {took} s (slowest job {max((s for _, s, _ in done), default=0)} s)", flush=True)
+    return {"variants": len(jobs), "workers": workers, "seconds": took, "errors": errors}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two points, one mode: a smoke check")
     ap.add_argument("--budget-s", type=float, default=250.0, help="stop starting new work after this")
     ap.add_argument("--target-s", type=float, default=0.25, help="time spent timing one implementation")
     ap.add_argument("--max-reps", type=int, default=25)
-    ap.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 matmuls (Triton follows)")
+    ap.add_argument(
+        "--no-tf32",
+        action="store_true",
+        help="fp32 without TF32 in cuDNN and Triton (torch.backends.cudnn.allow_tf32)",
+    )
+    ap.add_argument("--workers", type=int, default=0, help="processes compiling kernels up front (0: auto)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu.json")
     args = ap.parse_args()
 
@@ -211,8 +272,8 @@ def main() -> int:
         from rnnkit.engine import fused
     except ImportError:
         fused = None
-    if args.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
     started = time.perf_counter()
 
     def left() -> float:
@@ -229,6 +290,7 @@ def main() -> int:
                         points.append((mode, dname, shape))
 
     info = machine()
+    info["compile"] = precompile(points, args)
     print(
         f"# {info['gpu']} (sm {info['capability']}), torch {info['torch']}, cuDNN {info['cudnn']}, "
         f"triton {info['triton']}; tf32: cudnn {info['cudnn_allow_tf32']}, matmul {info['matmul_allow_tf32']}"

@@ -35,6 +35,16 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 LENGTHS = [7, 3, 5]  # B = 3, T = 7: one full, two shorter, unsorted
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """fp32 kernels follow cudnn.allow_tf32 (on by default, as for torch.nn's cuDNN RNNs); the
+    tight fp32 comparisons need full fp32 products."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = before
+
+
 def _problem(mode, B, T, I, H, dtype, bias=True, seed=0):
     """Random inputs, state and weights (leaf tensors) of one layer direction, in ``dtype``."""
     g = torch.Generator().manual_seed(seed)
