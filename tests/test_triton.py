@@ -208,6 +208,16 @@ def test_supports_and_clear_error():
         te.run("gru", x, state, weights, plan=te.Plan("resident", block_h=16, block_k=16))
 
 
+def test_empty_input_and_double_backward_are_refused():
+    x, state, weights = _problem("rnn", 2, 2, 3, 16, torch.float32)
+    with pytest.raises(ValueError, match="expected non-empty T, B and H"):
+        te.run("rnn", x[:0], state, weights)
+    out, _ = te.run("rnn", x, state, weights)
+    (dx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(dx.sum(), x)
+
+
 def test_outputs_do_not_alias_and_state_dtype_follows_input():
     x, state, weights = _problem("lstm", 3, 4, 5, 16, torch.bfloat16)
     out, (h, c) = te.run("lstm", x, state, weights)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .common import LayerWeights, State
 
@@ -213,6 +214,7 @@ class _TritonLayer(torch.autograd.Function):
         return out, h_n
 
     @staticmethod
+    @once_differentiable  # the kernels are not differentiable: refuse double backward loudly
     def backward(ctx, dout, dh_n, dc_n=None):
         x, h0, c0, w_ih, w_hh, lens, out, cs, save = ctx.saved_tensors
         mode, plan = ctx.mode, ctx.plan
@@ -298,6 +300,8 @@ def run(
         )
     T, B, _ = x.shape
     H = weights.weight_hh.shape[1]
+    if T == 0 or B == 0 or H == 0:
+        raise ValueError(f"triton engine: expected non-empty T, B and H, got T={T}, B={B}, H={H}")
     if plan is None:
         plan = plan_for(mode, B, H, x.dtype)
     if plan.path == "resident" and plan.block_h < H:
