@@ -297,6 +297,24 @@ def main() -> int:
     )
     rows: dict[tuple, dict] = {}
     skipped = []
+
+    def save() -> dict:
+        """Write what is measured so far (after every point: a killed run still leaves its data)."""
+        results = list(rows.values())
+        for row in results:
+            _summarise(row)
+        payload = {
+            "command": "PYTHONPATH=src python benchmarks/bench_gpu.py " + " ".join(sys.argv[1:]),
+            "machine": info,
+            "unit": "µs per time step, forward + backward, median of repeats",
+            "elapsed_s": round(time.perf_counter() - started, 1),
+            "rows": results,
+            "skipped_for_time": skipped,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=1, default=str))
+        return payload
+
     for pass_no in (1, 2):
         for mode, dname, shape in points:
             B, T, I, H = shape
@@ -340,21 +358,10 @@ def main() -> int:
             del prob, expected
             torch.cuda.empty_cache()
             _print_row(row)
+            save()
 
-    results = list(rows.values())
-    for row in results:
-        _summarise(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "command": "PYTHONPATH=src python benchmarks/bench_gpu.py " + " ".join(sys.argv[1:]),
-        "machine": info,
-        "unit": "µs per time step, forward + backward, median of repeats",
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        "rows": results,
-        "skipped_for_time": skipped,
-    }
-    args.out.write_text(json.dumps(payload, indent=1, default=str))
-    _print_table(results)
+    payload = save()
+    _print_table(payload["rows"])
     print(f"\nwrote {args.out} ({payload['elapsed_s']} s; {len(skipped)} point-passes skipped for time)")
     return 0
 
