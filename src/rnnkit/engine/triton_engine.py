@@ -19,6 +19,7 @@ Works on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (for tests
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -311,17 +312,20 @@ def run(
     else:
         lens = lengths.to(device=x.device, dtype=torch.int64).contiguous()
     c0 = state[1] if mode == "lstm" else None
-    res = _TritonLayer.apply(
-        x.contiguous(),
-        state[0],
-        c0,
-        weights.weight_ih.contiguous(),
-        weights.weight_hh,
-        weights.bias_ih,
-        weights.bias_hh,
-        lens,
-        mode,
-        nonlinearity,
-        plan,
-    )
+    # Triton launches on the current device; autograd's backward threads already run on x's
+    device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+    with device:
+        res = _TritonLayer.apply(
+            x.contiguous(),
+            state[0],
+            c0,
+            weights.weight_ih.contiguous(),
+            weights.weight_hh,
+            weights.bias_ih,
+            weights.bias_hh,
+            lens,
+            mode,
+            nonlinearity,
+            plan,
+        )
     return res[0], tuple(res[1:])
