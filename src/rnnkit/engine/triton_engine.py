@@ -290,7 +290,9 @@ def run(
     ``weight_ih`` ``(G, I)``, ``weight_hh`` ``(G, H)``, biases ``(G,)`` or ``None``; ``lengths``
     ``(B,)`` int64 in ``[1, T]`` or ``None``. Returns ``output`` ``(T, B, H)`` (zero past each
     sequence's end) and the state at each sequence's last valid step. ``plan`` overrides
-    :func:`plan_for` (tests and benchmarks use it to pick a path).
+    :func:`plan_for` (tests and benchmarks use it to pick a path). Products accumulate in fp32;
+    float32 inputs use TF32 products when ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's
+    default, which torch.nn's cuDNN RNNs follow too).
     """
     if not supports(mode, x, weights):
         raise ValueError(
