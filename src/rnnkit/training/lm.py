@@ -42,11 +42,9 @@ LN2 = math.log(2.0)
 
 
 def lm_metrics(loss: float, level: str) -> dict[str, float]:
-    """Perplexity and bits per token (``bpc`` at character level) from a mean loss in nats."""
-    out = {"perplexity": math.exp(min(loss, 700.0)), "bits_per_token": loss / LN2}
-    if level == "char":
-        out["bpc"] = loss / LN2
-    return out
+    """Perplexity and bits per token (called ``bpc`` at character level) from a mean loss in nats."""
+    bits = "bpc" if level == "char" else "bits_per_token"  # per character is per token at char level
+    return {"perplexity": math.exp(min(loss, 700.0)), bits: loss / LN2}
 
 
 class LanguageModelTask(TaskAdapter):
@@ -66,8 +64,9 @@ class LanguageModelTask(TaskAdapter):
     def step(self, model: nn.Module, batch: Any, state: Any) -> StepOutput:
         inputs, targets = batch  # each (T, B)
         logits, state = model(inputs, state)  # (T, B, V)
-        # fp32 softmax even under bf16 autocast: the loss is a sum over a large vocabulary.
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())  # (T*B, V) vs (T*B,)
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()  # fp32 softmax under autocast: the loss sums over the vocabulary
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())  # (T*B, V) vs (T*B,)
         return StepOutput(loss, targets.numel(), state)
 
     def metrics(self, loss: float) -> dict[str, float]:
@@ -321,9 +320,11 @@ def _config_json(
 
 
 def load_lm(
-    run_dir: str | Path, device: str = "cpu", engine: str = "auto"
+    run_dir: str | Path, device: str = "cpu", engine: str | None = None
 ) -> tuple[LanguageModel, Vocabulary, dict[str, Any]]:
     """The trained model of ``run_dir`` (best weights when saved), its vocabulary and saved config.
+
+    ``engine`` picks the layers' engine (default: the one the run was trained with).
 
     Raises :class:`RnnkitError` for a missing or corrupt run folder.
     """
@@ -334,7 +335,7 @@ def load_lm(
     if saved.get("task") != "lm":
         raise RnnkitError(f"{run_dir}: not a language-model run (task {saved.get('task')!r})")
     try:
-        model_config = LanguageModelConfig(**{**saved["model"], "engine": engine})
+        model_config = LanguageModelConfig(**{**saved["model"], **({"engine": engine} if engine else {})})
     except (KeyError, TypeError, ValueError) as err:
         raise RnnkitError(f"{run_dir / CONFIG_FILE}: corrupt model config ({err})") from None
     vocab = Vocabulary.from_dict(saved.get("vocab", {}))

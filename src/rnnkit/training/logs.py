@@ -86,9 +86,9 @@ class RunLog:
                     self.writer.add_scalar(f"epoch/{key}", value, row["step"])
 
     def truncate(self, step: int, epoch: int) -> None:
-        """Forget what was logged after a checkpoint taken at ``step`` during epoch ``epoch``."""
+        """Forget what was logged after a checkpoint taken at ``step`` in epoch ``epoch`` (0-based)."""
         self.steps.keep(lambda r: int(r["step"]) <= step)
-        self.epochs.keep(lambda r: int(r["epoch"]) < epoch)
+        self.epochs.keep(lambda r: int(r["epoch"]) <= epoch)  # rows count epochs from 1
 
     def close(self) -> None:
         if self.writer is not None:

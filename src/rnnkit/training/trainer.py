@@ -220,7 +220,10 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.epoch_history: list[dict[str, float]] = []
         self._pending_rng: dict[str, Any] | None = None
-        self.log = RunLog(self.run_dir) if self.run_dir is not None and self.dist.is_main else None
+        self.log = None
+        if self.run_dir is not None and self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.log = RunLog(self.run_dir)
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -308,7 +311,7 @@ class Trainer:
                     return False
                 t0 = time.perf_counter()
                 state, row = self._train_step(batch, state)
-                rate = row["count"] * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
+                rate = row["count"] / max(time.perf_counter() - t0, 1e-9)
                 smooth_loss = row["loss"] if smooth_loss is None else 0.9 * smooth_loss + 0.1 * row["loss"]
                 smooth_rate = rate if smooth_rate is None else 0.9 * smooth_rate + 0.1 * rate
                 self.batches_done += 1
@@ -346,7 +349,7 @@ class Trainer:
             "loss": loss,
             "lr": lr,
             "grad_norm": grad,
-            "count": out.count,
+            "count": out.count * self.dist.world_size,  # the global batch's (ranks take equal shares)
         }
         self.history.append(row)
         self.epoch_loss = [self.epoch_loss[0] + loss, self.epoch_loss[1] + 1]
@@ -388,8 +391,6 @@ class Trainer:
         self.batches_done = 0
         self.epoch_loss = [0.0, 0]
         self.save_checkpoint()
-        if self.log is not None:
-            plot_losses(self.run_dir)
         return valid
 
     @torch.no_grad()
