@@ -171,3 +171,19 @@ def test_bad_backend_and_mode_are_named():
         fused.run("rnn", x, state, weights, backend="cuda-magic")
     with pytest.raises(ValueError, match="mode must be one of"):
         fused.run("lstmx", x, state, weights)
+
+
+@pytest.mark.parametrize("mode,nonlinearity", MODES)
+def test_batch_split_across_threads_equals_reference(monkeypatch, mode, nonlinearity):
+    """The numba backend cuts the batch into per-thread ranges; force that at a tiny size."""
+    monkeypatch.setattr(fused, "_SPLIT_ABOVE", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # 3 ranges of a batch of 5: sizes 1, 2, 2
+    try:
+        problem = _problem(mode, 9, 5, 4, 6, dtype=torch.float64)
+        out1, st1, g1 = _run_and_grad(_forced("numba"), mode, *problem, nonlinearity)
+    finally:
+        torch.set_num_threads(threads)
+    out2, st2, g2 = _run_and_grad(reference.run, mode, *problem, nonlinearity)
+    for a, b in zip([out1, *st1, *g1], [out2, *st2, *g2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)

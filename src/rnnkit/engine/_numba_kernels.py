@@ -20,8 +20,10 @@ Why it is fast:
 
 Shapes: ``T`` time, ``B`` batch, ``H`` hidden, ``G`` gate width. All arrays are C-contiguous and
 share one dtype (float32 or float64); ``lengths`` is ``(B,)`` int64 with values in ``[1, T]``
-(pass ``T`` everywhere for "no lengths"). For ``t >= lengths[b]`` the state of sequence ``b`` is
-frozen, its output is zero and no gradient flows through that step.
+(pass ``T`` everywhere for "no lengths"). Each kernel handles the sequences ``b_lo:b_hi`` only:
+sequences never interact, so callers run disjoint batch ranges on separate threads (the kernels
+release the GIL) with no synchronisation inside the time loop. For ``t >= lengths[b]`` the state
+of sequence ``b`` is frozen, its output is zero and no gradient flows through that step.
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ def _sigmoid(x, half):
 
 
 @njit(**_JIT)
-def lstm_forward(act, w_hh_t, h, c_seq, tanh_c, out, lengths, vendor):
+def lstm_forward(act, w_hh_t, h, c_seq, tanh_c, out, lengths, b_lo, b_hi, vendor):
     """LSTM over time, in place.
 
     In: ``act`` ``(T, B, 4H)`` holding ``x W_ih^T + b_ih + b_hh``; ``w_hh_t`` ``(H, 4H)``;
@@ -243,8 +245,8 @@ def lstm_forward(act, w_hh_t, h, c_seq, tanh_c, out, lengths, vendor):
     half = _constant(0.5, act)
     scalars, ints, trans = _scratch(act)
     for t in range(T):
-        _gemm(h, w_hh_t, act[t], True, vendor, scalars, ints, trans)
-        for b in range(B):
+        _gemm(h[b_lo:b_hi], w_hh_t, act[t, b_lo:b_hi], True, vendor, scalars, ints, trans)
+        for b in range(b_lo, b_hi):
             c_prev = c_seq[t, b]
             c_next = c_seq[t + 1, b]
             out_row = out[t, b]
@@ -272,7 +274,7 @@ def lstm_forward(act, w_hh_t, h, c_seq, tanh_c, out, lengths, vendor):
 
 
 @njit(**_JIT)
-def lstm_backward(act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths, vendor):
+def lstm_backward(act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths, b_lo, b_hi, vendor):
     """Backward of :func:`lstm_forward`, last step to first.
 
     In: ``act``, ``c_seq``, ``tanh_c`` as saved; ``w_hh`` ``(4H, H)``; ``dout`` ``(T, B, H)``;
@@ -285,7 +287,7 @@ def lstm_backward(act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths, vendo
     one = _constant(1.0, act)
     scalars, ints, trans = _scratch(act)
     for t in range(T - 1, -1, -1):
-        for b in range(B):
+        for b in range(b_lo, b_hi):
             drow = dgates[t, b]
             if t >= lengths[b]:
                 drow[:] = 0.0  # frozen: dh, dc pass through; the product below adds zero
@@ -313,14 +315,14 @@ def lstm_backward(act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths, vendo
             for j in range(H):
                 dc_row[j] *= row[H + j]
             dh_row[:] = 0.0  # refilled by the product below
-        _gemm(dgates[t], w_hh, dh, True, vendor, scalars, ints, trans)
+        _gemm(dgates[t, b_lo:b_hi], w_hh, dh[b_lo:b_hi], True, vendor, scalars, ints, trans)
 
 
 # --- GRU -----------------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def gru_forward(act, w_hh_t, b_hh, h, gh_n, out, lengths, vendor):
+def gru_forward(act, w_hh_t, b_hh, h, gh_n, out, lengths, b_lo, b_hi, vendor):
     """GRU over time, in place.
 
     In: ``act`` ``(T, B, 3H)`` holding ``x W_ih^T + b_ih``; ``w_hh_t`` ``(H, 3H)``; ``b_hh``
@@ -332,35 +334,35 @@ def gru_forward(act, w_hh_t, b_hh, h, gh_n, out, lengths, vendor):
     H = G // 3
     half = _constant(0.5, act)
     scalars, ints, trans = _scratch(act)
-    gh = np.empty((B, G), act.dtype)
+    gh = np.empty((B, G), act.dtype)  # rows b_lo:b_hi used
     for t in range(T):
-        for b in range(B):
+        for b in range(b_lo, b_hi):
             gh[b] = b_hh
-        _gemm(h, w_hh_t, gh, True, vendor, scalars, ints, trans)
-        for b in range(B):
+        _gemm(h[b_lo:b_hi], w_hh_t, gh[b_lo:b_hi], True, vendor, scalars, ints, trans)
+        for b in range(b_lo, b_hi):
+            out_row = out[t, b]
+            if t >= lengths[b]:
+                out_row[:] = 0.0
+                continue
+            # Short loops writing one or two arrays each, so that LLVM vectorises them.
             row = act[t, b]
             gh_row = gh[b]
+            for j in range(2 * H):
+                row[j] = _sigmoid(row[j] + gh_row[j], half)  # r, z
             ghn_row = gh_n[t, b]
-            out_row = out[t, b]
+            for j in range(H):
+                ghn = gh_row[2 * H + j]
+                ghn_row[j] = ghn
+                row[2 * H + j] = _tanh(row[2 * H + j] + row[j] * ghn)  # n
             h_row = h[b]
-            if t < lengths[b]:
-                for j in range(H):
-                    r = _sigmoid(row[j] + gh_row[j], half)
-                    z = _sigmoid(row[H + j] + gh_row[H + j], half)
-                    n = _tanh(row[2 * H + j] + r * gh_row[2 * H + j])
-                    hn = n + z * (h_row[j] - n)
-                    row[j] = r
-                    row[H + j] = z
-                    row[2 * H + j] = n
-                    ghn_row[j] = gh_row[2 * H + j]
-                    out_row[j] = hn
-                    h_row[j] = hn
-            else:
-                out_row[:] = 0.0
+            for j in range(H):
+                n = row[2 * H + j]
+                out_row[j] = n + row[H + j] * (h_row[j] - n)
+            h_row[:] = out_row
 
 
 @njit(**_JIT)
-def gru_backward(act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh, lengths, vendor):
+def gru_backward(act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh, lengths, b_lo, b_hi, vendor):
     """Backward of :func:`gru_forward`, last step to first.
 
     In: ``act``, ``gh_n``, ``out`` as saved, ``h0`` ``(B, H)``; ``w_hh`` ``(3H, H)``; ``dout``
@@ -373,41 +375,45 @@ def gru_backward(act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh, lengths, vendor):
     one = _constant(1.0, act)
     scalars, ints, trans = _scratch(act)
     for t in range(T - 1, -1, -1):
-        for b in range(B):
+        for b in range(b_lo, b_hi):
             dx_row = dgx[t, b]
             dh_gates = dgh[t, b]
-            if t < lengths[b]:
-                row = act[t, b]
-                ghn_row = gh_n[t, b]
-                h_prev = h0[b] if t == 0 else out[t - 1, b]
-                dout_row = dout[t, b]
-                dh_row = dh[b]
-                for j in range(H):
-                    r = row[j]
-                    z = row[H + j]
-                    n = row[2 * H + j]
-                    dh_t = dh_row[j] + dout_row[j]
-                    dn = dh_t * (one - z) * (one - n * n)
-                    dz = dh_t * (h_prev[j] - n) * z * (one - z)
-                    dr = dn * ghn_row[j] * r * (one - r)
-                    dx_row[j] = dr
-                    dx_row[H + j] = dz
-                    dx_row[2 * H + j] = dn
-                    dh_gates[j] = dr
-                    dh_gates[H + j] = dz
-                    dh_gates[2 * H + j] = dn * r
-                    dh_row[j] = dh_t * z  # the direct path; the product below adds the rest
-            else:
+            if t >= lengths[b]:
                 dx_row[:] = 0.0
                 dh_gates[:] = 0.0
-        _gemm(dgh[t], w_hh, dh, True, vendor, scalars, ints, trans)
+                continue
+            row = act[t, b]
+            dh_row = dh[b]
+            dout_row = dout[t, b]
+            for j in range(H):
+                dh_row[j] += dout_row[j]  # now the total gradient of h_t
+            ghn_row = gh_n[t, b]
+            for j in range(H):
+                r = row[j]
+                z = row[H + j]
+                n = row[2 * H + j]
+                dn = dh_row[j] * (one - z) * (one - n * n)
+                dr = dn * ghn_row[j] * r * (one - r)
+                dx_row[j] = dr
+                dx_row[2 * H + j] = dn
+                dh_gates[j] = dr
+                dh_gates[2 * H + j] = dn * r
+            h_prev = h0[b] if t == 0 else out[t - 1, b]
+            for j in range(H):
+                z = row[H + j]
+                dz = dh_row[j] * (h_prev[j] - row[2 * H + j]) * z * (one - z)
+                dx_row[H + j] = dz
+                dh_gates[H + j] = dz
+            for j in range(H):
+                dh_row[j] *= row[H + j]  # the direct path; the product below adds the rest
+        _gemm(dgh[t, b_lo:b_hi], w_hh, dh[b_lo:b_hi], True, vendor, scalars, ints, trans)
 
 
 # --- Elman RNN -----------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def rnn_forward(out, w_hh_t, h, lengths, relu, vendor):
+def rnn_forward(out, w_hh_t, h, lengths, relu, b_lo, b_hi, vendor):
     """Elman RNN over time, in place.
 
     In: ``out`` ``(T, B, H)`` holding ``x W_ih^T + b_ih + b_hh``; ``w_hh_t`` ``(H, H)``; ``h``
@@ -418,8 +424,8 @@ def rnn_forward(out, w_hh_t, h, lengths, relu, vendor):
     scalars, ints, trans = _scratch(out)
     for t in range(T):
         pre = out[t]
-        _gemm(h, w_hh_t, pre, True, vendor, scalars, ints, trans)
-        for b in range(B):
+        _gemm(h[b_lo:b_hi], w_hh_t, pre[b_lo:b_hi], True, vendor, scalars, ints, trans)
+        for b in range(b_lo, b_hi):
             row = pre[b]
             h_row = h[b]
             if t < lengths[b]:
@@ -438,7 +444,7 @@ def rnn_forward(out, w_hh_t, h, lengths, relu, vendor):
 
 
 @njit(**_JIT)
-def rnn_backward(out, w_hh, dout, dh, dpre, lengths, relu, vendor):
+def rnn_backward(out, w_hh, dout, dh, dpre, lengths, relu, b_lo, b_hi, vendor):
     """Backward of :func:`rnn_forward`.
 
     Out: ``dpre`` ``(T, B, H)``, the gradient of the pre-activation; ``dh`` that of ``h0``.
@@ -448,7 +454,7 @@ def rnn_backward(out, w_hh, dout, dh, dpre, lengths, relu, vendor):
     zero = _constant(0.0, out)
     scalars, ints, trans = _scratch(out)
     for t in range(T - 1, -1, -1):
-        for b in range(B):
+        for b in range(b_lo, b_hi):
             drow = dpre[t, b]
             if t < lengths[b]:
                 y = out[t, b]
@@ -464,4 +470,4 @@ def rnn_backward(out, w_hh, dout, dh, dpre, lengths, relu, vendor):
                         dh_row[j] = 0.0
             else:
                 drow[:] = 0.0
-        _gemm(dpre[t], w_hh, dh, True, vendor, scalars, ints, trans)
+        _gemm(dpre[t, b_lo:b_hi], w_hh, dh[b_lo:b_hi], True, vendor, scalars, ints, trans)

@@ -30,6 +30,7 @@ RNN/LSTM/GRU.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -251,6 +252,15 @@ def _numba_kernels():
 
 #: Per-step products below this many multiply-adds run on one BLAS thread (see ``_NumbaLoops._call``).
 _SINGLE_THREAD_BELOW = 500_000
+#: Split the batch across threads when the whole loop has at least this many multiply-adds
+#: (below, handing work to a thread costs about as much as it saves).
+_SPLIT_ABOVE = 2_000_000
+
+
+@functools.cache
+def _thread_pool(_workers: int) -> ThreadPoolExecutor:
+    """One pool per size, reused across calls (threads are created once)."""
+    return ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="rnnkit-fused")
 
 
 class _NumbaLoops:
@@ -274,46 +284,61 @@ class _NumbaLoops:
         return lengths.contiguous().numpy()
 
     def _call(self, kernel, seq: Tensor, w: Tensor, *args) -> None:
-        """Run ``kernel``, its per-step products on one BLAS thread unless they are large.
+        """Run ``kernel(*args, b_lo, b_hi, vendor)`` over the batch, split across threads if worthwhile.
 
-        ``seq`` ``(T, B, *)`` and the recurrent weight ``w`` (``G x H`` either way round) size one
-        step's product: ``B * G * H`` multiply-adds.
+        Sequences never interact, so with ``torch.get_num_threads()`` > 1 the batch is cut into
+        that many ranges run concurrently (the kernels release the GIL), each with single-threaded
+        BLAS: this parallelises the gate arithmetic too, with no synchronisation per step. Unsplit,
+        per-step products below ``_SINGLE_THREAD_BELOW`` multiply-adds also run on one BLAS thread.
+
+        ``seq`` ``(T, B, *)`` and the recurrent weight ``w`` (``G x H`` either way round) size the
+        work: ``B * G * H`` multiply-adds per step.
         """
-        small = seq.shape[1] * w.numel() < _SINGLE_THREAD_BELOW
-        previous = self.kernels.set_blas_threads_local(1) if self.vendor and small else None
+        T, B = seq.shape[0], seq.shape[1]
+        step_macs = B * w.numel()
+        parts = min(torch.get_num_threads(), B) if T * step_macs >= _SPLIT_ABOVE else 1
+        if parts <= 1:
+            threads = 1 if step_macs < _SINGLE_THREAD_BELOW else 0  # 0: torch's global setting
+            self._run(kernel, args, 0, B, threads)
+            return
+        bounds = [B * k // parts for k in range(parts + 1)]
+        pool = _thread_pool(parts - 1)
+        futures = [pool.submit(self._run, kernel, args, bounds[k], bounds[k + 1], 1) for k in range(1, parts)]
+        self._run(kernel, args, bounds[0], bounds[1], 1)
+        for future in futures:
+            future.result()
+
+    def _run(self, kernel, args, b_lo: int, b_hi: int, blas_threads: int) -> None:
+        previous = self.kernels.set_blas_threads_local(blas_threads) if self.vendor else None
         try:
-            kernel(*args)
+            kernel(*args, b_lo, b_hi, self.vendor)
         finally:
             if previous is not None:
                 self.kernels.set_blas_threads_local(previous)
 
     def lstm_forward(self, act, w_hh_t, h, c_seq, tanh_c, out, lengths):
         arrays = self._np(act, w_hh_t, h, c_seq, tanh_c, out)
-        self._call(self.kernels.lstm_forward, act, w_hh_t, *arrays, self._lengths(lengths, act), self.vendor)
+        self._call(self.kernels.lstm_forward, act, w_hh_t, *arrays, self._lengths(lengths, act))
 
     def lstm_backward(self, act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths):
         arrays = self._np(act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates)
-        self._call(self.kernels.lstm_backward, act, w_hh, *arrays, self._lengths(lengths, act), self.vendor)
+        self._call(self.kernels.lstm_backward, act, w_hh, *arrays, self._lengths(lengths, act))
 
     def gru_forward(self, act, w_hh_t, b_hh, h, gh_n, out, lengths):
         arrays = self._np(act, w_hh_t, b_hh, h, gh_n, out)
-        self._call(self.kernels.gru_forward, act, w_hh_t, *arrays, self._lengths(lengths, act), self.vendor)
+        self._call(self.kernels.gru_forward, act, w_hh_t, *arrays, self._lengths(lengths, act))
 
     def gru_backward(self, act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh, lengths):
         arrays = self._np(act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh)
-        self._call(self.kernels.gru_backward, act, w_hh, *arrays, self._lengths(lengths, act), self.vendor)
+        self._call(self.kernels.gru_backward, act, w_hh, *arrays, self._lengths(lengths, act))
 
     def rnn_forward(self, out, w_hh_t, h, lengths, relu):
         arrays = self._np(out, w_hh_t, h)
-        self._call(
-            self.kernels.rnn_forward, out, w_hh_t, *arrays, self._lengths(lengths, out), relu, self.vendor
-        )
+        self._call(self.kernels.rnn_forward, out, w_hh_t, *arrays, self._lengths(lengths, out), relu)
 
     def rnn_backward(self, out, w_hh, dout, dh, dpre, lengths, relu):
         arrays = self._np(out, w_hh, dout, dh, dpre)
-        self._call(
-            self.kernels.rnn_backward, out, w_hh, *arrays, self._lengths(lengths, out), relu, self.vendor
-        )
+        self._call(self.kernels.rnn_backward, out, w_hh, *arrays, self._lengths(lengths, out), relu)
 
 
 # --- time loops: tensor ops (any device) -------------------------------------------------------
