@@ -91,7 +91,7 @@ class LossFunction(TaskAdapter):
 
 @dataclass
 class FitResult:
-    """How a :meth:`Trainer.fit` call ended; ``history`` has one row per step it ran."""
+    """How a :meth:`Trainer.fit` call ended; ``history`` has one row per step this Trainer ran."""
 
     steps: int
     epochs: int
@@ -248,7 +248,6 @@ class Trainer:
         if resume:
             self.load_checkpoint()
         started = time.perf_counter()
-        first_step = self.step
         stopped = "epochs"
         last_valid = None
         if cfg.max_steps is not None and self.step >= cfg.max_steps:
@@ -274,7 +273,7 @@ class Trainer:
             best_valid_loss=self.best if math.isfinite(self.best) else None,
             last_valid=last_valid,
             seconds=time.perf_counter() - started,
-            history=self.history[-(self.step - first_step) :] if self.step > first_step else [],
+            history=self.history,
             epoch_history=self.epoch_history,
         )
 
