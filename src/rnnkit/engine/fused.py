@@ -10,14 +10,15 @@ Each Function does, for one direction of one layer:
    as sums, ``dx = dgates W_ih``.
 
 It saves only what the backward needs: the gate activations, the output sequence (which is
-``h_prev`` shifted by one step) and, for the LSTM, the cell states; for the GRU also
-``W_hn h + b_hn``. Double backward is not supported (``once_differentiable``).
+``h_prev`` shifted by one step), the inputs, and for the LSTM the cell states and ``tanh(c)``,
+for the GRU ``W_hn h + b_hn``. Double backward is not supported (``once_differentiable``).
 
 The time loops come in two backends with one calling convention (arrays updated in place):
 
 - ``"torch"``: readable per-step tensor ops; runs on any device. Below.
 - ``"numba"``: the whole loop in one compiled call (:mod:`._numba_kernels`), CPU only; the
-  per-step cost of ~15 tensor-op dispatches would otherwise dominate at small sizes.
+  per-step cost of ~15 tensor-op dispatches would otherwise dominate at small sizes. The batch
+  is split across ``torch.get_num_threads()`` threads (see ``_NumbaLoops._call``).
   ``"numba_scipy"`` is the same kernels with ``np.dot`` (SciPy's BLAS) instead of torch's BLAS.
 
 ``run`` picks ``numba`` on the CPU when Numba imports, else ``torch``; tests force each one.
@@ -30,6 +31,7 @@ RNN/LSTM/GRU.
 from __future__ import annotations
 
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -257,10 +259,14 @@ _SINGLE_THREAD_BELOW = 500_000
 _SPLIT_ABOVE = 2_000_000
 
 
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """One pool per size, reused across calls; per process, as a forked child has no threads."""
+    return _thread_pool_for(workers, os.getpid())
+
+
 @functools.cache
-def _thread_pool(_workers: int) -> ThreadPoolExecutor:
-    """One pool per size, reused across calls (threads are created once)."""
-    return ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="rnnkit-fused")
+def _thread_pool_for(workers: int, _pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnkit-fused")
 
 
 class _NumbaLoops:
