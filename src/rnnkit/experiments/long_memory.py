@@ -179,7 +179,9 @@ def run_long_memory(config: LongMemoryConfig, progress: Progress | None = None) 
         probe = _subset(eval_batch, config.probe_size)
         for cell in config.cells:
             model = build_model(task, cell, config.hidden_size, config.seed, engine=config.engine)
-            engine = resolve(config.engine, cell, probe.inputs.float(), model.rnn.layer_weights(0))
+            weights = model.rnn.layer_weights(0)
+            like = weights.weight_ih.new_zeros(1, 1, model.rnn.input_size)  # (T, B, I) as the layer sees it
+            engine = resolve(config.engine, cell, like, weights)  # what "auto" picked, for the record
             flow_init = _flow_curve(model, probe, task)
             if length == longest:
                 jacobians["init"][cell] = _jacobian_curve(model, probe)
