@@ -13,12 +13,12 @@ run() {  # name, then the rnnkit arguments
   echo "$name rc=$? wall=$((SECONDS - start))s" | tee -a "$OUT/summary.txt"
   tail -n 1 "$OUT/$name.log" > "$OUT/$name.json"
 }
-run names      train classify --epochs 6
+run names      train classify --epochs 3 --schedule plateau
 run gunpoint   train classify --data "$DATA/gunpoint/GunPoint_TRAIN.ts" --test "$DATA/gunpoint/GunPoint_TEST.ts" \
-               --epochs 60 --early-stopping 0 --batch-size 16 --hidden-size 64 --lr 3e-3
-run mr         train classify --data "$DATA/mr" --level word --epochs 3 --hidden-size 128 --embedding-size 128 \
+               --epochs 60 --early-stopping 0 --batch-size 16 --hidden-size 64 --lr 1e-2 --pooling mean
+run mr         train classify --data "$DATA/mr" --level word --epochs 2 --schedule plateau --hidden-size 128 --embedding-size 128 \
                --dropout 0.3
-run dates      train translate --epochs 3 --hidden-size 128
+run dates      train translate --epochs 1 --max-steps 400 --hidden-size 128
 run multi30k   train translate --source "$DATA/multi30k/tok/train.lc.norm.tok.de.gz" \
                --target "$DATA/multi30k/tok/train.lc.norm.tok.en.gz" \
                --valid-source "$DATA/multi30k/tok/val.lc.norm.tok.de.gz" \
@@ -26,6 +26,6 @@ run multi30k   train translate --source "$DATA/multi30k/tok/train.lc.norm.tok.de
                --test-source "$DATA/multi30k/tok/test_2016_flickr.lc.norm.tok.de.gz" \
                --test-target "$DATA/multi30k/tok/test_2016_flickr.lc.norm.tok.en.gz" \
                --level word --min-freq 2 --max-length 30 --hidden-size 256 --embedding-size 128 \
-               --batch-size 64 --max-steps 600 --epochs 1 --max-decode 40
-run names-gen  train generate-from --epochs 6
+               --batch-size 64 --max-steps 150 --epochs 1 --max-decode 40
+run names-gen  train generate-from --epochs 2
 run airline    train forecast --data "$DATA/airpassengers/Airline.csv" --horizon 36 --lookback 24 --season 12

@@ -28,7 +28,6 @@ from ..training.checkpoint import (
     load_weights,
     save_json,
 )
-from ..training.logs import plot_losses  # noqa: F401  (re-exported for the commands)
 
 __all__ = [
     "Batches",
@@ -109,17 +108,14 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[list[in
     """Shuffle ``range(n)`` with ``seed`` and cut off the given fractions (the rest comes first)."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    cuts, parts, start = (
-        [max(1, int(round(f * n))) for f in fractions],
-        [],
-        n - sum(max(1, int(round(f * n))) for f in fractions),
-    )
+    sizes = [max(1, round(f * n)) for f in fractions]
+    start = n - sum(sizes)
     if start < 1:
         raise RnnkitError(f"only {n} examples: too few to hold out validation and test data")
-    parts.append(order[:start])
-    for c in cuts:
-        parts.append(order[start : start + c])
-        start += c
+    parts = [order[:start]]
+    for size in sizes:
+        parts.append(order[start : start + size])
+        start += size
     return parts
 
 

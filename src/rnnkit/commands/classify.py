@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import typer
+from torch import Tensor
 
 from ..datasets import LabelledSeries, LabelledTexts, Vocabulary, names_by_language, read_classification
 from ..errors import RnnkitError
@@ -94,7 +95,8 @@ class Encoder:
             )
         return [self.index[label] for label in labels]
 
-    def collate(self, batch: list) -> tuple[Tensor_, Tensor_, Tensor_]:
+    def collate(self, batch: list) -> tuple[Tensor, Tensor, Tensor]:
+        """Padded inputs ``(B, T)`` ids or ``(B, T, I)`` values, lengths ``(B,)``, label ids ``(B,)``."""
         xs, ys = zip(*batch) if batch and isinstance(batch[0], tuple) else (batch, [0] * len(batch))
         if self.kind == "text":
             x, lengths = pad(xs)
@@ -104,9 +106,6 @@ class Encoder:
             for i, s in enumerate(xs):
                 x[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.float32))
         return x, lengths, torch.tensor(ys, dtype=torch.long)
-
-
-Tensor_ = torch.Tensor
 
 
 def _loss(model, batch):
