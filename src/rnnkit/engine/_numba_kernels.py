@@ -136,10 +136,20 @@ def _blas_gemm_impl(scalars, ints, trans, a, b, out):
     return impl
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _gemm(a, b, out, accumulate, vendor, scalars, ints, trans):
     """``out (M, N) = a (M, K) @ b (K, N)``, or ``+=`` if ``accumulate``; scratch in scalars/ints/trans."""
-    if vendor:
+    if a.shape[0] == 1 and b.size <= 65536:
+        # One sequence: a vector-matrix product, where BLAS call overhead is ~30% of the work.
+        o = out[0]
+        if not accumulate:
+            o[:] = 0.0
+        for k in range(a.shape[1]):
+            a_k = a[0, k]
+            b_k = b[k]
+            for n in range(b.shape[1]):
+                o[n] += a_k * b_k[n]
+    elif vendor:
         ints[0] = b.shape[1]
         ints[1] = a.shape[0]
         ints[2] = a.shape[1]
