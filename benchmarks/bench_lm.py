@@ -166,7 +166,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--out", default=str(RESULTS / "lm.json"))
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite lm.md from an existing lm.json")
     args = parser.parse_args()
+    if args.markdown_only:
+        out = Path(args.out)
+        out.with_suffix(".md").write_text(markdown(json.loads(out.read_text())))
+        return
     q = args.quick
     started = time.perf_counter()
     report = {"machine": machine(), "command": "python benchmarks/bench_lm.py" + (" --quick" if q else "")}
@@ -251,6 +256,15 @@ def markdown(report: dict) -> str:
             f"| {c['name']} | {c['steps']} | {c['seconds']} | {c['first_loss']} | {c['last_10_mean_loss']} | "
             f"{v.get('loss')} | {v.get('perplexity')} | {bits} |"
         )
+    load, cores = m.get("load_average_1min_at_start"), m.get("cores") or 1
+    if load is not None and load > cores:
+        lines += [
+            "",
+            f"**Caveat:** the machine was shared and oversubscribed (load {load:.1f} on {cores} cores). "
+            "Oversubscription hurts torch.nn's OpenMP threads (which spin while waiting) far more than "
+            "the fused engine, so this ratio overstates rnnkit's lead; rerun on an idle machine before "
+            "quoting it. The seconds in the second table are inflated by the same load.",
+        ]
     lines += ["", "Training-loss curves (step, loss) are in lm.json."]
     for c in report["curves"]:
         lines += ["", f"Sample from {c['name']}:", "", "```", c["sample"], "```"]
