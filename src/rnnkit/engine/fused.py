@@ -17,8 +17,8 @@ The time loops come in two backends with one calling convention (arrays updated 
 
 - ``"torch"``: readable per-step tensor ops; runs on any device. Below.
 - ``"numba"``: the whole loop in one compiled call (:mod:`._numba_kernels`), CPU only; the
-  per-step cost of ~15 tensor-op dispatches would otherwise dominate at small sizes. The batch
-  is split across ``torch.get_num_threads()`` threads (see ``_NumbaLoops._call``).
+  per-step cost of ~15 tensor-op dispatches would otherwise dominate at small sizes. Per-step
+  products use torch's BLAS threads when large enough (see ``_NumbaLoops._call``).
   ``"numba_scipy"`` is the same kernels with ``np.dot`` (SciPy's BLAS) instead of torch's BLAS.
 
 ``run`` picks ``numba`` on the CPU when Numba imports, else ``torch``; tests force each one.
@@ -252,11 +252,15 @@ def _numba_kernels():
     return kernels
 
 
-#: Per-step products below this many multiply-adds run on one BLAS thread (see ``_NumbaLoops._call``).
-_SINGLE_THREAD_BELOW = 500_000
-#: Split the batch across threads when the whole loop has at least this many multiply-adds
-#: (below, handing work to a thread costs about as much as it saves).
-_SPLIT_ABOVE = 2_000_000
+#: Per-step products below this many multiply-adds run on one BLAS thread (see ``_NumbaLoops._call``):
+#: a per-step thread synchronisation costs more than it saves there.
+_SINGLE_THREAD_BELOW = 100_000
+#: Split the batch across threads when the whole loop has at least this many multiply-adds.
+#: Off (None) by default: on the 2-core benchmark machine torch's OpenMP workers keep spinning
+#: after each parallel region and compete with our threads, so LSTM (16, 256, 128, 128) measured
+#: 1.26x torch.nn split vs 1.02x unsplit with multi-threaded per-step BLAS. Kept (and tested) for
+#: machines with more cores than torch uses.
+_SPLIT_ABOVE: int | None = None
 
 
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
@@ -292,17 +296,18 @@ class _NumbaLoops:
     def _call(self, kernel, seq: Tensor, w: Tensor, *args) -> None:
         """Run ``kernel(*args, b_lo, b_hi, vendor)`` over the batch, split across threads if worthwhile.
 
-        Sequences never interact, so with ``torch.get_num_threads()`` > 1 the batch is cut into
-        that many ranges run concurrently (the kernels release the GIL), each with single-threaded
-        BLAS: this parallelises the gate arithmetic too, with no synchronisation per step. Unsplit,
-        per-step products below ``_SINGLE_THREAD_BELOW`` multiply-adds also run on one BLAS thread.
+        Sequences never interact, so when ``_SPLIT_ABOVE`` allows it (off by default, see there) the
+        batch is cut into ``torch.get_num_threads()`` ranges run concurrently (the kernels release
+        the GIL), each with single-threaded BLAS. Unsplit, per-step products below
+        ``_SINGLE_THREAD_BELOW`` multiply-adds run on one BLAS thread, larger ones on torch's.
 
         ``seq`` ``(T, B, *)`` and the recurrent weight ``w`` (``G x H`` either way round) size the
         work: ``B * G * H`` multiply-adds per step.
         """
         T, B = seq.shape[0], seq.shape[1]
         step_macs = B * w.numel()
-        parts = min(torch.get_num_threads(), B) if T * step_macs >= _SPLIT_ABOVE else 1
+        split = _SPLIT_ABOVE is not None and T * step_macs >= _SPLIT_ABOVE
+        parts = min(torch.get_num_threads(), B) if split else 1
         if parts <= 1:
             threads = 1 if step_macs < _SINGLE_THREAD_BELOW else 0  # 0: torch's global setting
             self._run(kernel, args, 0, B, threads)
