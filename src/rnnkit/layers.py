@@ -320,8 +320,8 @@ _DOC_ARGS = """
         batch_first: input and output as ``(B, T, *)`` instead of ``(T, B, *)`` (states are not affected).
         dropout: dropout on the outputs of every layer but the last, in training.
         bidirectional: add a reverse direction per layer, ``D = 2``.
-        engine: ``"auto"`` (fastest correct), ``"fused"`` (hand-written BPTT) or ``"reference"``
-            (the cell looped over time, autograd BPTT).
+        engine: ``"auto"`` (fastest correct), ``"fused"`` (hand-written BPTT), ``"reference"``
+            (the cell looped over time, autograd BPTT) or ``"triton"`` (persistent GPU kernels).
 
     Inputs: ``input, hx=None, *, lengths=None`` (see :mod:`rnnkit.layers` for shapes).
 """

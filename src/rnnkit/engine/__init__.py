@@ -2,6 +2,7 @@
 
 - ``reference``: the cell looped over time, BPTT by autograd (:mod:`.reference`).
 - ``fused``: one ``autograd.Function`` per cell type with BPTT written by hand (:mod:`.fused`).
+- ``triton``: persistent Triton GPU kernels, one launch for the whole sequence (:mod:`.triton_engine`).
 - ``auto``: the fastest correct engine for the device and configuration.
 """
 
@@ -12,21 +13,33 @@ from torch import Tensor
 from . import reference
 from .common import LayerWeights, State, reverse_within_lengths, step_mask
 
-ENGINES = ("auto", "fused", "reference")
+ENGINES = ("auto", "fused", "reference", "triton")
 
 __all__ = ["ENGINES", "LayerWeights", "State", "run", "resolve", "reverse_within_lengths", "step_mask"]
 
 
 def resolve(engine: str, mode: str, x: Tensor, weights: LayerWeights) -> str:
-    """The concrete engine (``fused`` or ``reference``) that ``engine`` stands for here.
+    """The concrete engine (``fused``, ``reference`` or ``triton``) that ``engine`` stands for here.
 
-    ``auto`` policy: ``fused`` wherever it supports the call (float32/float64, any device; on the
-    CPU its compiled loop is faster than torch.nn at every benchmarked size, see
-    ``benchmarks/results/cpu.md``, and elsewhere its hand-written BPTT needs far fewer ops than
-    autograd through the reference loop); ``reference`` for everything else (e.g. float16).
+    ``auto`` policy:
+
+    - on CUDA, ``triton`` where Triton is installed and supports the call: one launch per
+      sequence instead of a host-side loop of small kernels, and the only fast path for
+      bf16/fp16 (not yet timed against cuDNN: ``benchmarks/bench_gpu.py`` is ready for that);
+    - otherwise ``fused`` wherever it supports the call (float32/float64, any device): on the CPU
+      its compiled loop is measured in ``benchmarks/results/cpu.md``;
+    - ``reference`` for everything else (e.g. float16 on the CPU).
     """
     if engine != "auto":
         return engine
+    if x.is_cuda:
+        try:
+            from . import triton_engine
+        except ImportError:
+            pass
+        else:
+            if triton_engine.supports(mode, x, weights):
+                return "triton"
     try:
         from . import fused
     except ImportError:
@@ -48,8 +61,19 @@ def run(
     Shapes: ``x`` ``(T, B, I)``; ``state`` ``(h0,)`` or ``(h0, c0)`` each ``(B, H)``;
     ``lengths`` ``(B,)`` or ``None``. Returns ``output`` ``(T, B, H)`` and the final state.
     """
-    if resolve(engine, mode, x, weights) == "fused":
+    chosen = resolve(engine, mode, x, weights)
+    if chosen == "fused":
         from . import fused
 
         return fused.run(mode, x, state, weights, lengths, nonlinearity)
+    if chosen == "triton":
+        from . import triton_engine
+
+        if not triton_engine.supports(mode, x, weights):
+            raise ValueError(
+                f"engine='triton' needs Triton and CUDA tensors of float32/bfloat16/float16 "
+                f"(or TRITON_INTERPRET=1 on the CPU); got {x.dtype} on {x.device}"
+                + ("" if triton_engine.AVAILABLE else "; Triton is not installed (pip install rnnkit[gpu])")
+            )
+        return triton_engine.run(mode, x, state, weights, lengths, nonlinearity)
     return reference.run(mode, x, state, weights, lengths, nonlinearity)
