@@ -129,10 +129,14 @@ def pick_level(level: str, texts: Sequence[str]) -> str:
     return level
 
 
-def train_config(options: dict[str, Any]) -> TrainConfig:
-    """The Trainer options among ``options`` (flag names as dataclass fields)."""
-    fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in options.items() if k in fields and v is not None})
+#: The flags every task command hands to the Trainer, by their TrainConfig field names.
+TRAINER_FLAGS = ("epochs", "max_steps", "lr", "clip", "schedule", "early_stopping", "seed", "progress")
+
+
+def train_config(options: dict[str, Any], **overrides: Any) -> TrainConfig:
+    """The Trainer options among ``options`` (the :data:`TRAINER_FLAGS`), then ``overrides``."""
+    chosen = {k: options[k] for k in TRAINER_FLAGS if k in options} | overrides
+    return TrainConfig(**{k: v for k, v in chosen.items() if v is not None})
 
 
 def new_run_dir(out: Path | None, task: str) -> Path:

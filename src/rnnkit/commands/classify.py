@@ -189,12 +189,7 @@ def train_classify(
 
 def run_classify(**o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train classify`` (flags as keyword arguments)."""
-    tc = train_config(
-        {
-            k: o[k]
-            for k in ("epochs", "max_steps", "lr", "clip", "schedule", "early_stopping", "seed", "progress")
-        }
-    )
+    tc = train_config(o)
     run_dir = new_run_dir(o["out"], "classify")
     if o["data"] is None:
         full, source = names_by_language(seed=0), "surnames -> language (Faker last-name lists)"

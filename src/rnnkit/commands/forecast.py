@@ -156,10 +156,7 @@ def run_forecast(**o: Any) -> dict[str, Any]:
         raise RnnkitError(
             f"--test-size {test_size} exceeds --horizon {horizon}: the model forecasts {horizon} steps"
         )
-    tc = train_config(
-        {k: o[k] for k in ("epochs", "max_steps", "lr", "clip", "seed", "progress")}
-        | {"early_stopping": 0, "schedule": "cosine"}
-    )
+    tc = train_config(o, early_stopping=0, schedule="cosine")
     covs = [c.strip() for c in o["covariates"].split(",") if c.strip()] if o["covariates"] else []
     series = read_series(o["data"], o["target_col"], covs)
     values = np.concatenate([series.target[:, None], series.covariates], axis=1)  # (N, 1+C)

@@ -111,12 +111,7 @@ def train_generate_from(
 
 def run_generate_from(**o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train generate-from``."""
-    tc = train_config(
-        {
-            k: o[k]
-            for k in ("epochs", "max_steps", "lr", "clip", "schedule", "early_stopping", "seed", "progress")
-        }
-    )
+    tc = train_config(o)
     run_dir = new_run_dir(o["out"], "generate-from")
     if o["data"] is None:
         full, source = names_by_language(seed=0), "surnames by language (Faker last-name lists)"

@@ -210,12 +210,7 @@ def run_translate(**o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train translate`` (flags as keyword arguments)."""
     if not isinstance(o["beam_size"], int) or o["beam_size"] < 1:
         raise RnnkitError(f"--beam-size must be a positive integer, got {o['beam_size']!r}")
-    tc = train_config(
-        {
-            k: o[k]
-            for k in ("epochs", "max_steps", "lr", "clip", "schedule", "early_stopping", "seed", "progress")
-        }
-    )
+    tc = train_config(o)
     run_dir = new_run_dir(o["out"], "translate")
     train = _read_split(o["source"], o["target"], o["pairs"], "")
     if train is None:
