@@ -31,7 +31,7 @@ class FitConfig:
         stop_when_solved: stop at the first evaluation that clears the task's bar.
     """
 
-    steps: int = 1200
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 0.01
     clip: float = 1.0
