@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+import typer
 from torch import Tensor, nn
 
 from .. import __version__
@@ -127,6 +128,17 @@ def pick_level(level: str, texts: Sequence[str]) -> str:
     if level not in ("char", "word"):
         raise RnnkitError(f"--level must be auto, char or word, got {level!r}")
     return level
+
+
+# Options every task's train command shares (each command keeps its own defaults).
+MaxStepsOption = Annotated[int | None, typer.Option(help="stop after this many steps in all")]
+LrOption = Annotated[float, typer.Option(help="learning rate (AdamW)")]
+ClipOption = Annotated[float, typer.Option(help="clip the gradient norm (0: off)")]
+ScheduleOption = Annotated[str, typer.Option(help="learning rate: cosine, plateau or constant")]
+EarlyStoppingOption = Annotated[int, typer.Option(help="epochs without improvement before stopping (0: off)")]
+SeedOption = Annotated[int, typer.Option(help="random seed")]
+ProgressOption = Annotated[bool, typer.Option(help="show a progress bar")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the final figures as JSON")]
 
 
 #: The flags every task command hands to the Trainer, by their TrainConfig field names.

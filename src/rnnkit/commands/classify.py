@@ -21,7 +21,15 @@ from ..metrics import accuracy, confusion_matrix, macro_f1, plot_confusion_matri
 from ..models.classifier import ClassifierConfig, SequenceClassifier
 from ._common import (
     Batches,
+    ClipOption,
+    EarlyStoppingOption,
+    JsonOption,
     LossTask,
+    LrOption,
+    MaxStepsOption,
+    ProgressOption,
+    ScheduleOption,
+    SeedOption,
     fit,
     load_best,
     new_run_dir,
@@ -169,17 +177,15 @@ def train_classify(
     ] = 0.0,
     batch_size: Annotated[int, typer.Option(help="examples per batch")] = 64,
     epochs: Annotated[int, typer.Option(help="passes over the training data")] = 10,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps in all")] = None,
-    lr: Annotated[float, typer.Option(help="learning rate (AdamW)")] = 3e-3,
-    clip: Annotated[float, typer.Option(help="clip the gradient norm (0: off)")] = 1.0,
-    schedule: Annotated[str, typer.Option(help="learning rate: cosine, plateau or constant")] = "cosine",
-    early_stopping: Annotated[
-        int, typer.Option(help="epochs without improvement before stopping (0: off)")
-    ] = 3,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    max_steps: MaxStepsOption = None,
+    lr: LrOption = 3e-3,
+    clip: ClipOption = 1.0,
+    schedule: ScheduleOption = "cosine",
+    early_stopping: EarlyStoppingOption = 3,
+    seed: SeedOption = 0,
     out: Annotated[Path | None, typer.Option(help="run folder (default: runs/classify-<timestamp>)")] = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="print the final figures as JSON")] = False,
+    progress: ProgressOption = True,
+    as_json: JsonOption = False,
 ) -> None:
     """Train a sequence classifier; reports accuracy, macro-F1 and a confusion matrix PNG."""
     opts = dict(locals())

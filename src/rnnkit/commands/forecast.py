@@ -20,7 +20,22 @@ from ..errors import RnnkitError
 from ..metrics import mae, mape, seasonal_naive
 from ..models.forecaster import Forecaster, ForecasterConfig
 from ..training.checkpoint import save_json
-from ._common import Batches, LossTask, fit, load_best, new_run_dir, read_run, train_config, write_run_config
+from ._common import (
+    Batches,
+    ClipOption,
+    JsonOption,
+    LossTask,
+    LrOption,
+    MaxStepsOption,
+    ProgressOption,
+    SeedOption,
+    fit,
+    load_best,
+    new_run_dir,
+    read_run,
+    train_config,
+    write_run_config,
+)
 
 __all__ = ["train_forecast", "evaluate_forecaster"]
 
@@ -122,13 +137,13 @@ def train_forecast(
     batch_size: Annotated[int, typer.Option(help="windows per batch")] = 16,
     epochs: Annotated[int, typer.Option(help="epochs of --passes passes over the training windows")] = 10,
     passes: Annotated[int, typer.Option(help="passes over the windows per epoch (short series)")] = 10,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps in all")] = None,
-    lr: Annotated[float, typer.Option(help="learning rate (AdamW)")] = 5e-3,
-    clip: Annotated[float, typer.Option(help="clip the gradient norm (0: off)")] = 1.0,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    max_steps: MaxStepsOption = None,
+    lr: LrOption = 5e-3,
+    clip: ClipOption = 1.0,
+    seed: SeedOption = 0,
     out: Annotated[Path | None, typer.Option(help="run folder (default: runs/forecast-<timestamp>)")] = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the final figures as JSON")] = False,
+    progress: ProgressOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Train a recurrent forecaster; reports MAPE and MAE beside a seasonal-naive baseline, and a plot."""
     result = run_forecast(**dict(locals()))

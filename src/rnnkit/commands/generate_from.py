@@ -18,7 +18,15 @@ from ..models.conditional import ConditionalConfig, ConditionalGenerator
 from ..training.checkpoint import save_json
 from ._common import (
     Batches,
+    ClipOption,
+    EarlyStoppingOption,
+    JsonOption,
     LossTask,
+    LrOption,
+    MaxStepsOption,
+    ProgressOption,
+    ScheduleOption,
+    SeedOption,
     fit,
     load_best,
     new_run_dir,
@@ -83,19 +91,17 @@ def train_generate_from(
     dropout: Annotated[float, typer.Option(help="dropout")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="examples per batch")] = 64,
     epochs: Annotated[int, typer.Option(help="passes over the training data")] = 10,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps in all")] = None,
-    lr: Annotated[float, typer.Option(help="learning rate (AdamW)")] = 3e-3,
-    clip: Annotated[float, typer.Option(help="clip the gradient norm (0: off)")] = 1.0,
-    schedule: Annotated[str, typer.Option(help="learning rate: cosine, plateau or constant")] = "cosine",
-    early_stopping: Annotated[
-        int, typer.Option(help="epochs without improvement before stopping (0: off)")
-    ] = 3,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    max_steps: MaxStepsOption = None,
+    lr: LrOption = 3e-3,
+    clip: ClipOption = 1.0,
+    schedule: ScheduleOption = "cosine",
+    early_stopping: EarlyStoppingOption = 3,
+    seed: SeedOption = 0,
     out: Annotated[
         Path | None, typer.Option(help="run folder (default: runs/generate-from-<timestamp>)")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="print the final figures as JSON")] = False,
+    progress: ProgressOption = True,
+    as_json: JsonOption = False,
 ) -> None:
     """Train a generator of sequences conditioned on a label; prints samples per condition."""
     result = run_generate_from(**dict(locals()))

@@ -22,7 +22,15 @@ from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ..training.checkpoint import save_json
 from ._common import (
     Batches,
+    ClipOption,
+    EarlyStoppingOption,
+    JsonOption,
     LossTask,
+    LrOption,
+    MaxStepsOption,
+    ProgressOption,
+    ScheduleOption,
+    SeedOption,
     fit,
     load_best,
     new_run_dir,
@@ -177,17 +185,15 @@ def train_translate(
     heatmap_index: Annotated[int, typer.Option(help="test (else valid) example drawn as attention.png")] = 0,
     batch_size: Annotated[int, typer.Option(help="sentence pairs per batch")] = 64,
     epochs: Annotated[int, typer.Option(help="passes over the training data")] = 5,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps in all")] = None,
-    lr: Annotated[float, typer.Option(help="learning rate (AdamW)")] = 3e-3,
-    clip: Annotated[float, typer.Option(help="clip the gradient norm (0: off)")] = 1.0,
-    schedule: Annotated[str, typer.Option(help="learning rate: cosine, plateau or constant")] = "cosine",
-    early_stopping: Annotated[
-        int, typer.Option(help="epochs without improvement before stopping (0: off)")
-    ] = 3,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    max_steps: MaxStepsOption = None,
+    lr: LrOption = 3e-3,
+    clip: ClipOption = 1.0,
+    schedule: ScheduleOption = "cosine",
+    early_stopping: EarlyStoppingOption = 3,
+    seed: SeedOption = 0,
     out: Annotated[Path | None, typer.Option(help="run folder (default: runs/translate-<timestamp>)")] = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="print the final figures as JSON")] = False,
+    progress: ProgressOption = True,
+    as_json: JsonOption = False,
 ) -> None:
     """Train an encoder-decoder with attention on parallel text; reports accuracy, perplexity, BLEU."""
     result = run_translate(**dict(locals()))
