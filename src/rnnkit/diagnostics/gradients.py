@@ -101,19 +101,7 @@ def gradient_flow(model: nn.Module, batch: Any, loss_fn: LossFn) -> GradientFlow
     if not torch.is_grad_enabled():
         raise RuntimeError("gradient_flow: gradients are disabled here (called under torch.no_grad())")
     records: list[tuple[str, int, LayerTrace]] = []
-    calls: dict[str, int] = defaultdict(int)
-
-    def make(name, module, previous):
-        def run_stack(x, state, lengths):
-            call = calls[name]
-            calls[name] += 1
-            out, finals, traces = reference_stack(module, x, state, lengths, dropout=True)
-            records.extend((name, call, trace) for trace in traces)
-            return out, finals
-
-        return run_stack
-
-    with override_run_stack(model, "gradient_flow", make):
+    with override_run_stack(model, "gradient_flow", _tracing_stacks(records, dropout=True)):
         loss = loss_fn(model, batch)
     if not records:
         raise RuntimeError("gradient_flow: loss_fn(model, batch) did not run any rnnkit layer of the model")
@@ -224,19 +212,10 @@ def jacobian_norms(
     if state not in ("h", "c", "full"):
         raise ValueError(f"jacobian_norms: state must be 'h', 'c' or 'full', got {state!r}")
     records: list[tuple[str, int, LayerTrace]] = []
-    calls: dict[str, int] = defaultdict(int)
-
-    def make(name, module, previous):
-        def run_stack(x, st, lengths):
-            call = calls[name]
-            calls[name] += 1
-            out, finals, traces = reference_stack(module, x, st, lengths, dropout=False)
-            records.extend((name, call, trace) for trace in traces)
-            return out, finals
-
-        return run_stack
-
-    with torch.no_grad(), override_run_stack(model, "jacobian_norms", make):
+    with (
+        torch.no_grad(),
+        override_run_stack(model, "jacobian_norms", _tracing_stacks(records, dropout=False)),
+    ):
         forward(model, batch)
     if not records:
         raise RuntimeError("jacobian_norms: forward(model, batch) did not run any rnnkit layer of the model")
@@ -277,3 +256,22 @@ def jacobian_norms(
             LayerJacobians(name, call, trace.layer, trace.direction, trace.mode, state, norm, norms)
         )
     return results
+
+
+def _tracing_stacks(records: list[tuple[str, int, LayerTrace]], *, dropout: bool):
+    """A factory for :func:`override_run_stack`: each layer's stack runs through the reference
+    math, and its per-step traces are appended to ``records`` as ``(name, call, trace)``, where
+    ``call`` counts that layer's calls within the forward."""
+    calls: dict[str, int] = defaultdict(int)
+
+    def make(name, module, previous):
+        def run_stack(x, state, lengths):
+            call = calls[name]
+            calls[name] += 1
+            out, finals, traces = reference_stack(module, x, state, lengths, dropout=dropout)
+            records.extend((name, call, trace) for trace in traces)
+            return out, finals
+
+        return run_stack
+
+    return make
