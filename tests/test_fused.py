@@ -12,7 +12,7 @@ import itertools
 import pytest
 import torch
 
-from rnnkit.engine import LayerWeights, fused, reference, resolve
+from rnnkit.engine import LayerWeights, _team, fused, reference, resolve
 
 MODES = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
 BACKENDS = fused.BACKENDS
@@ -173,17 +173,87 @@ def test_bad_backend_and_mode_are_named():
         fused.run("lstmx", x, state, weights)
 
 
-@pytest.mark.parametrize("mode,nonlinearity", MODES)
-def test_batch_split_across_threads_equals_reference(monkeypatch, mode, nonlinearity):
-    """The numba backend cuts the batch into per-thread ranges; force that at a tiny size."""
-    monkeypatch.setattr(fused, "_SPLIT_ABOVE", 0)
+SPLITS = [("lstm", "tanh", "units"), ("lstm", "tanh", "batch"), ("gru", "tanh", "batch")]
+SPLITS += [("rnn", "tanh", "batch"), ("rnn", "relu", "batch")]
+
+
+def _force_split(monkeypatch, how):
+    """Make the numba backend split even tiny problems: LSTM hidden units, or the batch."""
+    if how == "units":
+        monkeypatch.setattr(fused, "_LSTM_SPLIT_UNITS_ABOVE", 0)
+        monkeypatch.setattr(fused, "_LSTM_UNITS_FROM_H", 0)
+        monkeypatch.setattr(fused, "_LSTM_MIN_UNITS_PER_THREAD", 1)
+    else:
+        monkeypatch.setattr(fused, "_LSTM_SPLIT_UNITS_ABOVE", None)
+        monkeypatch.setattr(fused, "_BATCH_SPLIT_ABOVE", 0)
+        monkeypatch.setattr(fused, "_MIN_ROWS_PER_THREAD", 1)
+    teams = []
+    run = _team.run
+
+    def recording_run(work, threads):
+        def counted(part, parts):
+            teams.append(parts)
+            work(part, parts)
+
+        run(counted, threads)
+
+    monkeypatch.setattr(_team, "run", recording_run)
+    return teams
+
+
+@pytest.mark.skipif(not _team.AVAILABLE, reason="torch ships no GNU-compatible OpenMP runtime")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode,nonlinearity,how", SPLITS)
+def test_multithreaded_loops_equal_reference(monkeypatch, mode, nonlinearity, how, dtype):
+    """3 threads on torch's OpenMP team: LSTM hidden units in blocks of 2, 2, 3 (a barrier per
+    step), or batch ranges of 1, 2, 2 sequences; odd lengths, every gradient."""
+    teams = _force_split(monkeypatch, how)
     threads = torch.get_num_threads()
-    torch.set_num_threads(3)  # 3 ranges of a batch of 5: sizes 1, 2, 2
+    torch.set_num_threads(3)
     try:
-        problem = _problem(mode, 9, 5, 4, 6, dtype=torch.float64)
+        problem = _problem(mode, 9, 5, 4, 7, dtype=dtype, scale=0.3)
         out1, st1, g1 = _run_and_grad(_forced("numba"), mode, *problem, nonlinearity)
     finally:
         torch.set_num_threads(threads)
+    assert teams and max(teams) == 3, "the loops did not run on a team of 3 threads"
     out2, st2, g2 = _run_and_grad(reference.run, mode, *problem, nonlinearity)
+    tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
     for a, b in zip([out1, *st1, *g1], [out2, *st2, *g2], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_lstm_kernel_one_thread_over_several_blocks_equals_torch_layout():
+    """OpenMP may grant fewer threads than blocks: one thread then owns every block."""
+    kernels = fused._numba_kernels()
+    T, B, H = 6, 3, 7
+    g = torch.Generator().manual_seed(3)
+    act = torch.randn(T, B, 4 * H, generator=g, dtype=torch.float64)
+    w_hh = torch.randn(4 * H, H, generator=g, dtype=torch.float64) * 0.3
+    h0 = torch.randn(B, H, generator=g, dtype=torch.float64)
+    c0 = torch.randn(B, H, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 5])
+    results = []
+    for blocks in (1, 3):
+        order = fused._blocked_order(H, 4, blocks)
+        a = act.index_select(2, order).contiguous()
+        hbuf = torch.stack([h0, torch.zeros_like(h0)])
+        c_seq = torch.zeros(T + 1, B, H, dtype=torch.float64)
+        c_seq[0] = c0
+        tanh_c, out = torch.empty(T, B, H, dtype=torch.float64), torch.empty(T, B, H, dtype=torch.float64)
+        arrays = [t.numpy() for t in (a, w_hh.index_select(0, order).contiguous(), hbuf, c_seq, tanh_c, out)]
+        kernels.lstm_forward(*arrays, lengths.numpy(), 0, B, blocks, 0, 1, True)
+        gates = torch.empty_like(a)
+        gates[:, :, order] = a  # back to torch's [i | f | g | o] columns
+        results.append((gates, out, c_seq, hbuf[T % 2]))
+    for x, y in zip(*results, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-13)
+
+
+def test_backward_scratch_buffers_are_not_returned():
+    """The backward reuses its temporaries across calls; no gradient may alias them."""
+    problem = _problem("lstm", 7, 3, 4, 5, dtype=torch.float64)
+    _, _, first = _run_and_grad(fused.run, "lstm", *problem, "tanh", seed=1)
+    kept = [g.clone() for g in first]
+    _run_and_grad(fused.run, "lstm", *problem, "tanh", seed=2)  # same shapes, other upstream
+    for a, b in zip(first, kept, strict=True):
+        assert torch.equal(a, b)

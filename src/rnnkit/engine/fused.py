@@ -17,9 +17,11 @@ The time loops come in two backends with one calling convention (arrays updated 
 
 - ``"torch"``: readable per-step tensor ops; runs on any device. Below.
 - ``"numba"``: the whole loop in one compiled call (:mod:`._numba_kernels`), CPU only; the
-  per-step cost of ~15 tensor-op dispatches would otherwise dominate at small sizes. Per-step
-  products use torch's BLAS threads when large enough (see ``_NumbaLoops._call``).
-  ``"numba_scipy"`` is the same kernels with ``np.dot`` (SciPy's BLAS) instead of torch's BLAS.
+  per-step cost of ~15 tensor-op dispatches would otherwise dominate at small sizes. Large
+  enough loops run on every thread of torch's own OpenMP team (:mod:`._team`): the LSTM cuts
+  its hidden units into per-thread blocks (gate rows reordered so each block's are contiguous,
+  a barrier per step) or its batch into per-thread ranges; GRU and RNN cut the batch (see
+  ``_NumbaLoops``). ``"numba_scipy"`` is the same kernels with ``np.dot`` (SciPy's BLAS) instead of torch's BLAS.
 
 ``run`` picks ``numba`` on the CPU when Numba imports, else ``torch``; tests force each one.
 
@@ -31,8 +33,7 @@ RNN/LSTM/GRU.
 from __future__ import annotations
 
 import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from typing import Any
 
 import torch
@@ -124,26 +125,57 @@ def _add_optional(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return a if b is None else a + b
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(tag: str, like: Tensor) -> Tensor:
+    """A reusable uninitialised buffer shaped like ``like``, for temporaries of the backward.
+
+    Freshly allocated multi-megabyte tensors come straight from the OS, and the first write to
+    each page faults: ~8 ms for 32 MiB on the benchmark machine, 2-9 % of an LSTM training step.
+    The backward's temporaries (gate gradients, a contiguous copy of the output gradient) never
+    leave it, so each thread keeps the last one per ``tag`` and reuses it when the shape matches.
+    This holds one layer's worth of gate gradients between calls, as cuDNN's workspace does.
+    """
+    cache = _SCRATCH.__dict__
+    buf = cache.get(tag)
+    if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = torch.empty_like(like, memory_format=torch.contiguous_format)
+        cache[tag] = buf
+    return buf
+
+
+def _contiguous(tag: str, t: Tensor) -> Tensor:
+    """``t`` if contiguous, else a copy in a reusable buffer (see :func:`_scratch`)."""
+    return t if t.is_contiguous() else _scratch(tag, t).copy_(t)
+
+
 def _fresh(t: Tensor) -> Tensor:
     """A contiguous copy the loops may write into (never write into autograd's tensors)."""
     return t.detach().clone(memory_format=torch.contiguous_format)
 
 
-def _shifted(h0: Tensor, out: Tensor) -> Tensor:
-    """``h_prev`` ``(T, B, H)``: the state entering each step. Past a sequence's end ``out`` is zero,
-    not the frozen state, but those steps have zero ``dgates`` so they add nothing to ``dW_hh``."""
-    return torch.cat([h0.unsqueeze(0), out[:-1]])
-
-
 def _parameter_grads(
-    ctx: Any, x: Tensor, h0: Tensor, out: Tensor, w_ih: Tensor, dgx: Tensor, dgh: Tensor
+    ctx: Any,
+    x: Tensor,
+    h0: Tensor,
+    out: Tensor,
+    w_ih: Tensor,
+    dgx: Tensor,
+    dgh: Tensor,
+    db: Tensor | None = None,
 ) -> tuple[Tensor | None, ...]:
     """``dx, dW_ih, dW_hh, db_ih, db_hh`` from the gate-gradients of the input and hidden sides.
 
-    Shapes: ``dgx``, ``dgh`` ``(T, B, G)``; each is one product over all ``T*B`` rows.
+    Shapes: ``dgx``, ``dgh`` ``(T, B, G)``; each is one product over all ``T*B`` rows. ``db``
+    ``(G,)``: the sum of ``dgx`` over all rows if the loop already computed it.
+    ``dW_hh = sum_t dgh[t]^T h_{t-1}`` with ``h_{t-1}`` = ``out[t-1]`` (``h0`` at ``t = 0``):
+    past a sequence's end ``out`` is zero, not the frozen state, but those steps have zero
+    ``dgh``, so they add nothing.
     """
     T, B, I = x.shape
     G = dgx.shape[2]
+    H = out.shape[2]
     need = ctx.needs_input_grad  # (loops, x, [h0, c0,] w_ih, w_hh, b_ih, b_hh, lengths, ...)
     k = ctx.first_weight_index
     dgx2d = dgx.view(T * B, G)  # (T*B, G)
@@ -151,14 +183,33 @@ def _parameter_grads(
     dx = torch.mm(dgx2d, w_ih).view(T, B, I) if need[1] else None
     dw_ih = torch.mm(dgx2d.t(), x.reshape(T * B, I)) if need[k] else None
     dw_hh = None
-    if need[k + 1]:
-        h_prev = _shifted(h0, out).view(T * B, -1)  # (T*B, H)
-        dw_hh = torch.mm(dgh2d.t(), h_prev)
-    db_ih = dgx2d.sum(0) if need[k + 2] else None
+    if need[k + 1]:  # steps 1.. against out[:-1] in one product, step 0 against h0: no shifted copy
+        dw_hh = torch.mm(dgh2d[B:].t(), out[:-1].reshape((T - 1) * B, H))
+        dw_hh.addmm_(dgh2d[:B].t(), h0.to(dgh2d.dtype))
+    db_ih = None
+    if need[k + 2]:
+        db_ih = db.clone() if db is not None else dgx2d.sum(0)
     db_hh = None
     if need[k + 3]:  # the same sum as db_ih when both biases add to the same pre-activation
-        db_hh = db_ih.clone() if db_ih is not None and dgh is dgx else dgh2d.sum(0)
+        if dgh is dgx:
+            db_hh = db_ih.clone() if db_ih is not None else (db.clone() if db is not None else dgx2d.sum(0))
+        else:
+            db_hh = dgh2d.sum(0)
     return dx, dw_ih, dw_hh, db_ih, db_hh
+
+
+def _blocked_order(H: int, gates: int, blocks: int) -> Tensor:
+    """Row order of the blocked gate layout (see :mod:`._numba_kernels`): ``W[order]`` is ``W`` blocked.
+
+    Hidden units are cut into ``blocks`` ranges; block ``k`` lists the rows of each gate for its
+    units, gate after gate. ``blocks == 1`` is the identity.
+    """
+    order = []
+    for k in range(blocks):
+        lo, hi = H * k // blocks, H * (k + 1) // blocks
+        for q in range(gates):
+            order.extend(range(q * H + lo, q * H + hi))
+    return torch.tensor(order, dtype=torch.long)
 
 
 class _LSTMFunction(Function):
@@ -166,26 +217,40 @@ class _LSTMFunction(Function):
     def forward(ctx, loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
         T, B, _ = x.shape
         H = w_hh.shape[1]
-        act = _input_projection(x, w_ih, _add_optional(b_ih, b_hh))  # (T, B, 4H)
+        bias = _add_optional(b_ih, b_hh)
+        # Threads that split the hidden units want each one's gate columns contiguous: reorder
+        # the gate rows of the weights once here, and the weight gradients back in the backward.
+        blocks = loops.lstm_blocks(B, H)
+        order = _blocked_order(H, 4, blocks).to(x.device) if blocks > 1 else None
+        if order is not None:
+            w_ih, w_hh = w_ih.index_select(0, order), w_hh.index_select(0, order)
+            bias = bias.index_select(0, order) if bias is not None else None
+        act = _input_projection(x, w_ih, bias)  # (T, B, 4H), blocked
         c_seq = x.new_empty(T + 1, B, H)  # c_seq[t + 1] is the cell state after step t
         c_seq[0] = c0
         tanh_c = x.new_empty(T, B, H)
         out = x.new_empty(T, B, H)
         h = _fresh(h0)
-        loops.lstm_forward(act, w_hh.t().contiguous(), h, c_seq, tanh_c, out, lengths)
+        w_hh = w_hh.contiguous()
+        loops.lstm_forward(act, w_hh, h, c_seq, tanh_c, out, lengths, blocks)
         ctx.save_for_backward(x, h0, w_ih, w_hh, act, c_seq, tanh_c, out)
         ctx.loops, ctx.lengths, ctx.first_weight_index = loops, lengths, 4
+        ctx.blocks, ctx.order = blocks, order
         return out, h, c_seq[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h, d_c):
-        x, h0, w_ih, w_hh, act, c_seq, tanh_c, out = ctx.saved_tensors
-        dgates = torch.empty_like(act)  # (T, B, 4H)
+        x, h0, w_ih, w_hh, act, c_seq, tanh_c, out = ctx.saved_tensors  # weights blocked
+        dgates = _scratch("dgates", act)  # (T, B, 4H), blocked
         dh, dc = _fresh(d_h), _fresh(d_c)
-        w = w_hh.contiguous()
-        ctx.loops.lstm_backward(act, c_seq, tanh_c, w, d_out.contiguous(), dh, dc, dgates, ctx.lengths)
-        dx, *rest = _parameter_grads(ctx, x, h0, out, w_ih, dgates, dgates)
+        db = ctx.loops.lstm_backward(
+            act, c_seq, tanh_c, w_hh, _contiguous("d_out", d_out), dh, dc, dgates, ctx.lengths, ctx.blocks
+        )  # the bias gradient too, or None
+        dx, *rest = _parameter_grads(ctx, x, h0, out, w_ih, dgates, dgates, db)
+        if ctx.order is not None:  # weight gradients back to torch's [i | f | g | o] rows
+            inverse = torch.argsort(ctx.order)
+            rest = [g.index_select(0, inverse) if g is not None else None for g in rest]
         return None, dx, dh, dc, *rest, None
 
 
@@ -208,11 +273,11 @@ class _GRUFunction(Function):
     @once_differentiable
     def backward(ctx, d_out, d_h):
         x, h0, w_ih, w_hh, act, gh_n, out = ctx.saved_tensors
-        dgx, dgh = torch.empty_like(act), torch.empty_like(act)  # (T, B, 3H) each
+        dgx, dgh = _scratch("dgates", act), _scratch("dgates_h", act)  # (T, B, 3H) each
         dh = _fresh(d_h)
         h0c = h0.detach().contiguous()
         ctx.loops.gru_backward(
-            act, gh_n, out, h0c, w_hh.contiguous(), d_out.contiguous(), dh, dgx, dgh, ctx.lengths
+            act, gh_n, out, h0c, w_hh.contiguous(), _contiguous("d_out", d_out), dh, dgx, dgh, ctx.lengths
         )
         dx, *rest = _parameter_grads(ctx, x, h0, out, w_ih, dgx, dgh)
         return None, dx, dh, *rest, None
@@ -232,9 +297,10 @@ class _RNNFunction(Function):
     @once_differentiable
     def backward(ctx, d_out, d_h):
         x, h0, w_ih, w_hh, out = ctx.saved_tensors
-        dpre = torch.empty_like(out)  # (T, B, H)
+        dpre = _scratch("dgates", out)  # (T, B, H)
         dh = _fresh(d_h)
-        ctx.loops.rnn_backward(out, w_hh.contiguous(), d_out.contiguous(), dh, dpre, ctx.lengths, ctx.relu)
+        d_out = _contiguous("d_out", d_out)
+        ctx.loops.rnn_backward(out, w_hh.contiguous(), d_out, dh, dpre, ctx.lengths, ctx.relu)
         dx, *rest = _parameter_grads(ctx, x, h0, out, w_ih, dpre, dpre)
         return None, dx, dh, *rest, None, None
 
@@ -252,35 +318,42 @@ def _numba_kernels():
     return kernels
 
 
-#: Per-step products below this many multiply-adds run on one BLAS thread (see ``_NumbaLoops._call``):
-#: a per-step thread synchronisation costs more than it saves there.
+#: Per-step products below this many multiply-adds run on one BLAS thread when the loop runs on
+#: one thread: a per-step thread synchronisation inside BLAS costs more than it saves there.
 _SINGLE_THREAD_BELOW = 100_000
-#: Split the batch across threads when the whole loop has at least this many multiply-adds.
-#: Off (None) by default: on the 2-core benchmark machine torch's OpenMP workers keep spinning
-#: after each parallel region and compete with our threads, so LSTM (16, 256, 128, 128) measured
-#: 1.26x torch.nn split vs 1.02x unsplit with multi-threaded per-step BLAS. Kept (and tested) for
-#: machines with more cores than torch uses.
-_SPLIT_ABOVE: int | None = None
-
-
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    """One pool per size, reused across calls; per process, as a forked child has no threads."""
-    return _thread_pool_for(workers, os.getpid())
-
-
-@functools.cache
-def _thread_pool_for(workers: int, _pid: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnkit-fused")
+#: The LSTM splits its hidden units across threads (a barrier per step, and each step every thread
+#: reads the units the others wrote) when a step's recurrent product has at least this many
+#: multiply-adds and either the batch is too small to split or ``H >= _LSTM_UNITS_FROM_H``; each
+#: thread then gets at least ``_LSTM_MIN_UNITS_PER_THREAD`` units. Splitting the batch shares
+#: nothing, but each thread's product then has fewer rows and streams all of ``W_hh``: at
+#: H = 512 the unit split measured 10% faster, at H = 128 the batch split 20% faster (2 cores,
+#: benchmarks/results/cpu.md). ``None``: never split units.
+_LSTM_SPLIT_UNITS_ABOVE: int | None = 100_000
+_LSTM_UNITS_FROM_H = 256
+_LSTM_MIN_UNITS_PER_THREAD = 16
+#: Cut the batch into per-thread ranges (GRU, RNN) when a step has at least this many
+#: multiply-adds in its recurrent product and each thread gets at least ``_MIN_ROWS_PER_THREAD``
+#: sequences. ``None``: never. Measured on 2 cores, see benchmarks/results/cpu.md.
+_BATCH_SPLIT_ABOVE: int | None = 0
+_MIN_ROWS_PER_THREAD = 2
 
 
 class _NumbaLoops:
-    """Adapts tensors to the kernels: zero-copy ``numpy()`` views of contiguous CPU tensors."""
+    """Adapts tensors to the kernels: zero-copy ``numpy()`` views of contiguous CPU tensors.
+
+    Multi-threading runs the kernels on torch's own OpenMP team (:mod:`._team`): the LSTM splits
+    its hidden units across threads (a barrier per step); GRU and RNN split the batch (sequences
+    never interact, so no synchronisation at all). Inside the team BLAS runs single-threaded.
+    """
 
     def __init__(self, vendor: bool) -> None:
         self.kernels = _numba_kernels()
         if self.kernels is None:
             raise RuntimeError("fused engine: the numba backend needs numba (pip install numba)")
         self.vendor = vendor and self.kernels.HAVE_VENDOR_BLAS
+        from . import _team
+
+        self.team = _team
 
     @staticmethod
     def _np(*tensors: Tensor):
@@ -293,63 +366,123 @@ class _NumbaLoops:
             return torch.full((B,), T, dtype=torch.int64).numpy()
         return lengths.contiguous().numpy()
 
-    def _call(self, kernel, seq: Tensor, w: Tensor, *args) -> None:
-        """Run ``kernel(*args, b_lo, b_hi, vendor)`` over the batch, split across threads if worthwhile.
+    def lstm_blocks(self, B: int, H: int) -> int:
+        """Into how many blocks of hidden units to cut the LSTM (one per thread, or 1: torch's layout)."""
+        if _LSTM_SPLIT_UNITS_ABOVE is None or B * 4 * H * H < _LSTM_SPLIT_UNITS_ABOVE:
+            return 1
+        threads = self.team.team_size()
+        if H < _LSTM_UNITS_FROM_H and B >= _MIN_ROWS_PER_THREAD * threads:
+            return 1  # the batch split (see ``_lstm``) is faster here
+        return max(1, min(threads, H // _LSTM_MIN_UNITS_PER_THREAD))
 
-        Sequences never interact, so when ``_SPLIT_ABOVE`` allows it (off by default, see there) the
-        batch is cut into ``torch.get_num_threads()`` ranges run concurrently (the kernels release
-        the GIL), each with single-threaded BLAS. Unsplit, per-step products below
-        ``_SINGLE_THREAD_BELOW`` multiply-adds run on one BLAS thread, larger ones on torch's.
-
-        ``seq`` ``(T, B, *)`` and the recurrent weight ``w`` (``G x H`` either way round) size the
-        work: ``B * G * H`` multiply-adds per step.
-        """
-        T, B = seq.shape[0], seq.shape[1]
-        step_macs = B * w.numel()
-        split = _SPLIT_ABOVE is not None and T * step_macs >= _SPLIT_ABOVE
-        parts = min(torch.get_num_threads(), B) if split else 1
-        if parts <= 1:
-            threads = 1 if step_macs < _SINGLE_THREAD_BELOW else 0  # 0: torch's global setting
-            self._run(kernel, args, 0, B, threads)
-            return
-        bounds = [B * k // parts for k in range(parts + 1)]
-        pool = _thread_pool(parts - 1)
-        futures = [pool.submit(self._run, kernel, args, bounds[k], bounds[k + 1], 1) for k in range(1, parts)]
-        self._run(kernel, args, bounds[0], bounds[1], 1)
-        for future in futures:
-            future.result()
-
-    def _run(self, kernel, args, b_lo: int, b_hi: int, blas_threads: int) -> None:
-        previous = self.kernels.set_blas_threads_local(blas_threads) if self.vendor else None
+    def _single(self, kernel, args: tuple, step_macs: int) -> None:
+        """The whole loop on the calling thread; BLAS single-threaded for small per-step products."""
+        threads = 1 if step_macs < _SINGLE_THREAD_BELOW else 0  # 0: torch's global setting
+        previous = self.kernels.set_blas_threads_local(threads) if self.vendor else None
         try:
-            kernel(*args, b_lo, b_hi, self.vendor)
+            kernel(*args)
         finally:
             if previous is not None:
                 self.kernels.set_blas_threads_local(previous)
 
-    def lstm_forward(self, act, w_hh_t, h, c_seq, tanh_c, out, lengths):
-        arrays = self._np(act, w_hh_t, h, c_seq, tanh_c, out)
-        self._call(self.kernels.lstm_forward, act, w_hh_t, *arrays, self._lengths(lengths, act))
+    def _on_team(self, kernel, args: tuple, threads: int, part_args) -> None:
+        """``kernel(*args, *part_args(part, parts))`` on each thread of torch's OpenMP team.
 
-    def lstm_backward(self, act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths):
+        Compiles first, on this thread: nothing may fail inside the region while another thread
+        waits at a barrier.
+        """
+        import numba
+
+        probe = (*args, *part_args(0, threads))
+        kernel.compile(tuple(numba.typeof(a) for a in probe))
+
+        def work(part: int, parts: int) -> None:
+            previous = self.kernels.set_blas_threads_local(1) if self.vendor else None
+            try:
+                kernel(*args, *part_args(part, parts))
+            finally:
+                if previous is not None:
+                    self.kernels.set_blas_threads_local(previous)
+
+        self.team.run(work, threads)
+
+    def _lstm(self, kernel, args: tuple, B: int, blocks: int, step_macs: int, dbias) -> None:
+        """Run an LSTM kernel: ``blocks`` threads each owning a block of hidden units, or else the
+        batch cut into per-thread ranges when worthwhile, or one thread. ``dbias`` (backward only,
+        else None): one row of bias-gradient sums per thread, passed before the thread's range."""
+
+        def own(part: int) -> tuple:
+            return () if dbias is None else (dbias[part],)
+
+        if blocks > 1:
+            self._on_team(
+                kernel, args, blocks, lambda part, parts: (*own(part), 0, B, blocks, part, parts, self.vendor)
+            )
+            return
+        threads = min(self.team.team_size(), B // _MIN_ROWS_PER_THREAD)
+        if _BATCH_SPLIT_ABOVE is None or step_macs < _BATCH_SPLIT_ABOVE or threads <= 1:
+            self._single(kernel, (*args, *own(0), 0, B, 1, 0, 1, self.vendor), step_macs)
+            return
+
+        def part_args(part: int, parts: int) -> tuple:
+            return *own(part), B * part // parts, B * (part + 1) // parts, 1, 0, 1, self.vendor
+
+        self._on_team(kernel, args, threads, part_args)
+
+    def _batch_split(self, kernel, args: tuple, seq: Tensor, w: Tensor) -> None:
+        """Run a GRU/RNN kernel, cutting the batch into per-thread ranges when worthwhile.
+
+        ``seq`` ``(T, B, *)`` and the recurrent weight ``w`` (``G x H`` either way round) size the
+        work: ``B * G * H`` multiply-adds per step.
+        """
+        B = seq.shape[1]
+        step_macs = B * w.numel()
+        threads = min(self.team.team_size(), B // _MIN_ROWS_PER_THREAD)
+        if _BATCH_SPLIT_ABOVE is None or step_macs < _BATCH_SPLIT_ABOVE or threads <= 1:
+            self._single(kernel, (*args, 0, B, self.vendor), step_macs)
+            return
+
+        def part_args(part: int, parts: int) -> tuple:
+            return B * part // parts, B * (part + 1) // parts, self.vendor
+
+        self._on_team(kernel, args, threads, part_args)
+
+    def lstm_forward(self, act, w_hh, h, c_seq, tanh_c, out, lengths, blocks):
+        T, B = act.shape[:2]
+        hbuf = h.new_empty(2, *h.shape)  # (2, B, H): each step reads one, writes the other
+        hbuf[0] = h
+        arrays = self._np(act, w_hh, hbuf, c_seq, tanh_c, out)
+        step_macs = B * w_hh.numel()
+        self._lstm(
+            self.kernels.lstm_forward, (*arrays, self._lengths(lengths, act)), B, blocks, step_macs, None
+        )
+        h.copy_(hbuf[T % 2])
+
+    def lstm_backward(self, act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths, blocks) -> Tensor:
+        """Fills ``dgates``, ``dh``, ``dc``; returns the bias gradient ``(4H,)``."""
         arrays = self._np(act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates)
-        self._call(self.kernels.lstm_backward, act, w_hh, *arrays, self._lengths(lengths, act))
+        B, G = act.shape[1], act.shape[2]
+        dbias = act.new_zeros(max(1, self.team.team_size()), G)  # one row per thread
+        step_macs = B * w_hh.numel()
+        args = (*arrays, self._lengths(lengths, act))
+        self._lstm(self.kernels.lstm_backward, args, B, blocks, step_macs, dbias.numpy())
+        return dbias.sum(0)
 
     def gru_forward(self, act, w_hh_t, b_hh, h, gh_n, out, lengths):
         arrays = self._np(act, w_hh_t, b_hh, h, gh_n, out)
-        self._call(self.kernels.gru_forward, act, w_hh_t, *arrays, self._lengths(lengths, act))
+        self._batch_split(self.kernels.gru_forward, (*arrays, self._lengths(lengths, act)), act, w_hh_t)
 
     def gru_backward(self, act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh, lengths):
         arrays = self._np(act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh)
-        self._call(self.kernels.gru_backward, act, w_hh, *arrays, self._lengths(lengths, act))
+        self._batch_split(self.kernels.gru_backward, (*arrays, self._lengths(lengths, act)), act, w_hh)
 
     def rnn_forward(self, out, w_hh_t, h, lengths, relu):
         arrays = self._np(out, w_hh_t, h)
-        self._call(self.kernels.rnn_forward, out, w_hh_t, *arrays, self._lengths(lengths, out), relu)
+        self._batch_split(self.kernels.rnn_forward, (*arrays, self._lengths(lengths, out), relu), out, w_hh_t)
 
     def rnn_backward(self, out, w_hh, dout, dh, dpre, lengths, relu):
         arrays = self._np(out, w_hh, dout, dh, dpre)
-        self._call(self.kernels.rnn_backward, out, w_hh, *arrays, self._lengths(lengths, out), relu)
+        self._batch_split(self.kernels.rnn_backward, (*arrays, self._lengths(lengths, out), relu), out, w_hh)
 
 
 # --- time loops: tensor ops (any device) -------------------------------------------------------
@@ -365,10 +498,14 @@ class _TorchLoops:
     def _mask(lengths: Tensor | None, x: Tensor) -> Tensor | None:
         return step_mask(lengths, x.shape[0], x.device)  # (T, B, 1) or None
 
-    def lstm_forward(self, act, w_hh_t, h, c_seq, tanh_c, out, lengths):
+    @staticmethod
+    def lstm_blocks(B: int, H: int) -> int:
+        return 1  # one thread: torch's own gate layout
+
+    def lstm_forward(self, act, w_hh, h, c_seq, tanh_c, out, lengths, blocks=1):
         mask = self._mask(lengths, act)
         for t in range(act.shape[0]):
-            gates = act[t].addmm_(h, w_hh_t)  # (B, 4H), pre-activation, in place
+            gates = act[t].addmm_(h, w_hh.t())  # (B, 4H), pre-activation, in place
             i, f, g, o = gates.chunk(4, dim=1)
             i.sigmoid_(), f.sigmoid_(), g.tanh_(), o.sigmoid_()  # act[t] now holds activations
             c = torch.addcmul(f * c_seq[t], i, g)
@@ -382,7 +519,8 @@ class _TorchLoops:
             c_seq[t + 1] = c
             h.copy_(h_new)
 
-    def lstm_backward(self, act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths):
+    def lstm_backward(self, act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths, blocks=1) -> None:
+        """Fills ``dgates``, ``dh``, ``dc``; the bias gradient is left to a sum over ``dgates``."""
         mask = self._mask(lengths, act)
         for t in range(act.shape[0] - 1, -1, -1):
             i, f, g, o = act[t].chunk(4, dim=1)  # each (B, H)
