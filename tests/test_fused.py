@@ -257,3 +257,46 @@ def test_backward_scratch_buffers_are_not_returned():
     _run_and_grad(fused.run, "lstm", *problem, "tanh", seed=2)  # same shapes, other upstream
     for a, b in zip(first, kept, strict=True):
         assert torch.equal(a, b)
+
+
+def test_retain_graph_backward_twice_gives_the_same_gradients():
+    """The backward reuses scratch buffers; a second backward must still see the saved tensors intact."""
+    x, state, weights, lengths = _problem("lstm", 40, 8, 16, 64, dtype=torch.float32, scale=0.1)
+    out, (h, c) = fused.run("lstm", x, state, weights, lengths)
+    loss = out.square().sum() + h.sum() + c.sum()
+    first = torch.autograd.grad(loss, _leaves(x, state, weights), retain_graph=True)
+    for _ in range(2):  # other calls of the same shapes in between want buffers too
+        fused.run("lstm", x.detach(), tuple(s.detach() for s in state), weights, lengths)
+    second = torch.autograd.grad(loss, _leaves(x, state, weights))
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not _team.AVAILABLE, reason="torch ships no GNU-compatible OpenMP runtime")
+@pytest.mark.parametrize("B,H", [(16, 128), (2, 256)])  # batch split; hidden-unit split
+def test_default_policy_splits_large_lstm_and_matches_torch_nn(monkeypatch, B, H):
+    """At sizes where ``auto`` uses several threads, float32 results still match torch.nn."""
+    import rnnkit
+
+    teams = []
+    run = _team.run
+    monkeypatch.setattr(_team, "run", lambda work, threads: (teams.append(threads), run(work, threads)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        ref = torch.nn.LSTM(24, H)
+        layer = rnnkit.LSTM(24, H, engine="fused")
+        layer.load_state_dict(ref.state_dict())
+        x = torch.randn(6, B, 24, requires_grad=True)
+        up = torch.randn(6, B, H)
+        grads = []
+        for m in (layer, ref):
+            out, (h, c) = m(x)
+            loss = (out * up).sum() + h.sum() + c.sum()
+            grads.append((out, *torch.autograd.grad(loss, [x, *m.parameters()])))
+    finally:
+        torch.set_num_threads(threads)
+    assert teams, "the default policy did not use the thread team at this size"
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))

@@ -459,10 +459,10 @@ def lstm_backward(
 
 
 @njit(**_JIT)
-def gru_forward(act, w_hh_t, b_hh, h, gh_n, out, lengths, b_lo, b_hi, vendor):
+def gru_forward(act, w_hh, b_hh, h, gh_n, out, lengths, b_lo, b_hi, vendor):
     """GRU over time, in place.
 
-    In: ``act`` ``(T, B, 3H)`` holding ``x W_ih^T + b_ih``; ``w_hh_t`` ``(H, 3H)``; ``b_hh``
+    In: ``act`` ``(T, B, 3H)`` holding ``x W_ih^T + b_ih``; ``w_hh`` ``(3H, H)``; ``b_hh``
     ``(3H,)`` (zeros for no bias); ``h`` ``(B, H)`` holding ``h0``.
     Out: ``act`` = gate activations ``r, z, n``; ``gh_n`` ``(T, B, H)`` = ``W_hn h + b_hn`` (the
     reset gate's operand, needed for its gradient); ``out`` ``(T, B, H)``; ``h`` the final state.
@@ -475,7 +475,7 @@ def gru_forward(act, w_hh_t, b_hh, h, gh_n, out, lengths, b_lo, b_hi, vendor):
     for t in range(T):
         for b in range(b_lo, b_hi):
             gh[b] = b_hh
-        _gemm(h[b_lo:b_hi], w_hh_t, gh[b_lo:b_hi], 0, G, True, vendor, scalars, ints, trans)
+        _gemm_nt(h[b_lo:b_hi], w_hh, gh[b_lo:b_hi], 0, G, True, vendor, scalars, ints, trans)
         for b in range(b_lo, b_hi):
             out_row = out[t, b]
             if t >= lengths[b]:
@@ -550,10 +550,10 @@ def gru_backward(act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh, lengths, b_lo, b_
 
 
 @njit(**_JIT)
-def rnn_forward(out, w_hh_t, h, lengths, relu, b_lo, b_hi, vendor):
+def rnn_forward(out, w_hh, h, lengths, relu, b_lo, b_hi, vendor):
     """Elman RNN over time, in place.
 
-    In: ``out`` ``(T, B, H)`` holding ``x W_ih^T + b_ih + b_hh``; ``w_hh_t`` ``(H, H)``; ``h``
+    In: ``out`` ``(T, B, H)`` holding ``x W_ih^T + b_ih + b_hh``; ``w_hh`` ``(H, H)``; ``h``
     ``(B, H)`` holding ``h0``. Out: ``out`` the outputs (zero past each end), ``h`` the final state.
     """
     T, B, H = out.shape
@@ -561,7 +561,7 @@ def rnn_forward(out, w_hh_t, h, lengths, relu, b_lo, b_hi, vendor):
     scalars, ints, trans = _scratch(out)
     for t in range(T):
         pre = out[t]
-        _gemm(h[b_lo:b_hi], w_hh_t, pre[b_lo:b_hi], 0, H, True, vendor, scalars, ints, trans)
+        _gemm_nt(h[b_lo:b_hi], w_hh, pre[b_lo:b_hi], 0, H, True, vendor, scalars, ints, trans)
         for b in range(b_lo, b_hi):
             row = pre[b]
             h_row = h[b]

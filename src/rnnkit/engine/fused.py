@@ -21,7 +21,8 @@ The time loops come in two backends with one calling convention (arrays updated 
   enough loops run on every thread of torch's own OpenMP team (:mod:`._team`): the LSTM cuts
   its hidden units into per-thread blocks (gate rows reordered so each block's are contiguous,
   a barrier per step) or its batch into per-thread ranges; GRU and RNN cut the batch (see
-  ``_NumbaLoops``). ``"numba_scipy"`` is the same kernels with ``np.dot`` (SciPy's BLAS) instead of torch's BLAS.
+  ``_NumbaLoops``). ``"numba_scipy"`` is the same kernels with ``np.dot`` (SciPy's BLAS)
+  instead of torch's BLAS.
 
 ``run`` picks ``numba`` on the CPU when Numba imports, else ``torch``; tests force each one.
 
@@ -264,7 +265,7 @@ class _GRUFunction(Function):
         out = x.new_empty(T, B, H)
         h = _fresh(h0)
         bias_hh = b_hh.detach().contiguous() if b_hh is not None else x.new_zeros(3 * H)
-        loops.gru_forward(act, w_hh.t().contiguous(), bias_hh, h, gh_n, out, lengths)
+        loops.gru_forward(act, w_hh.contiguous(), bias_hh, h, gh_n, out, lengths)
         ctx.save_for_backward(x, h0, w_ih, w_hh, act, gh_n, out)
         ctx.loops, ctx.lengths, ctx.first_weight_index = loops, lengths, 3
         return out, h
@@ -288,7 +289,7 @@ class _RNNFunction(Function):
     def forward(ctx, loops, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, relu):
         out = _input_projection(x, w_ih, _add_optional(b_ih, b_hh))  # (T, B, H), pre-activation for now
         h = _fresh(h0)
-        loops.rnn_forward(out, w_hh.t().contiguous(), h, lengths, relu)
+        loops.rnn_forward(out, w_hh.contiguous(), h, lengths, relu)
         ctx.save_for_backward(x, h0, w_ih, w_hh, out)
         ctx.loops, ctx.lengths, ctx.relu, ctx.first_weight_index = loops, lengths, relu, 3
         return out, h
@@ -336,6 +337,17 @@ _LSTM_MIN_UNITS_PER_THREAD = 16
 #: sequences. ``None``: never. Measured on 2 cores, see benchmarks/results/cpu.md.
 _BATCH_SPLIT_ABOVE: int | None = 0
 _MIN_ROWS_PER_THREAD = 2
+
+
+#: (kernel, argument types) already compiled for a team run (see ``_on_team``).
+_COMPILED: set = set()
+
+
+def _type_key(a: Any) -> tuple:
+    """What Numba's type for ``a`` depends on, cheaply: dtype, rank and C-contiguity of arrays."""
+    if hasattr(a, "dtype") and hasattr(a, "ndim"):
+        return (a.dtype, a.ndim, a.flags.c_contiguous)
+    return (type(a),)
 
 
 class _NumbaLoops:
@@ -391,10 +403,13 @@ class _NumbaLoops:
         Compiles first, on this thread: nothing may fail inside the region while another thread
         waits at a barrier.
         """
-        import numba
-
         probe = (*args, *part_args(0, threads))
-        kernel.compile(tuple(numba.typeof(a) for a in probe))
+        key = (kernel, *(_type_key(a) for a in probe))
+        if key not in _COMPILED:  # numba.typeof on every argument costs ~90 us a call: once per key
+            import numba
+
+            kernel.compile(tuple(numba.typeof(a) for a in probe))
+            _COMPILED.add(key)
 
         def work(part: int, parts: int) -> None:
             previous = self.kernels.set_blas_threads_local(1) if self.vendor else None
@@ -468,17 +483,17 @@ class _NumbaLoops:
         self._lstm(self.kernels.lstm_backward, args, B, blocks, step_macs, dbias.numpy())
         return dbias.sum(0)
 
-    def gru_forward(self, act, w_hh_t, b_hh, h, gh_n, out, lengths):
-        arrays = self._np(act, w_hh_t, b_hh, h, gh_n, out)
-        self._batch_split(self.kernels.gru_forward, (*arrays, self._lengths(lengths, act)), act, w_hh_t)
+    def gru_forward(self, act, w_hh, b_hh, h, gh_n, out, lengths):
+        arrays = self._np(act, w_hh, b_hh, h, gh_n, out)
+        self._batch_split(self.kernels.gru_forward, (*arrays, self._lengths(lengths, act)), act, w_hh)
 
     def gru_backward(self, act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh, lengths):
         arrays = self._np(act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh)
         self._batch_split(self.kernels.gru_backward, (*arrays, self._lengths(lengths, act)), act, w_hh)
 
-    def rnn_forward(self, out, w_hh_t, h, lengths, relu):
-        arrays = self._np(out, w_hh_t, h)
-        self._batch_split(self.kernels.rnn_forward, (*arrays, self._lengths(lengths, out), relu), out, w_hh_t)
+    def rnn_forward(self, out, w_hh, h, lengths, relu):
+        arrays = self._np(out, w_hh, h)
+        self._batch_split(self.kernels.rnn_forward, (*arrays, self._lengths(lengths, out), relu), out, w_hh)
 
     def rnn_backward(self, out, w_hh, dout, dh, dpre, lengths, relu):
         arrays = self._np(out, w_hh, dout, dh, dpre)
@@ -540,10 +555,10 @@ class _TorchLoops:
                 dc.copy_(dc_t * f)
                 torch.mm(dgates[t], w_hh, out=dh)
 
-    def gru_forward(self, act, w_hh_t, b_hh, h, gh_n, out, lengths):
+    def gru_forward(self, act, w_hh, b_hh, h, gh_n, out, lengths):
         mask = self._mask(lengths, act)
         for t in range(act.shape[0]):
-            gh = torch.addmm(b_hh, h, w_hh_t)  # (B, 3H)
+            gh = torch.addmm(b_hh, h, w_hh.t())  # (B, 3H)
             xr, xz, xn = act[t].chunk(3, dim=1)
             hr, hz, hn = gh.chunk(3, dim=1)
             r = torch.sigmoid(xr + hr, out=xr)  # act[t] becomes r, z, n
@@ -576,10 +591,10 @@ class _TorchLoops:
                 dh_new = torch.where(mask[t], dh_new, dh)
             dh.copy_(dh_new)
 
-    def rnn_forward(self, out, w_hh_t, h, lengths, relu):
+    def rnn_forward(self, out, w_hh, h, lengths, relu):
         mask = self._mask(lengths, out)
         for t in range(out.shape[0]):
-            pre = out[t].addmm_(h, w_hh_t)  # (B, H)
+            pre = out[t].addmm_(h, w_hh.t())  # (B, H)
             h_new = pre.relu_() if relu else pre.tanh_()
             if mask is not None:
                 h.copy_(torch.where(mask[t], h_new, h))
