@@ -240,7 +240,9 @@ def test_lstm_kernel_one_thread_over_several_blocks_equals_torch_layout():
         c_seq = torch.zeros(T + 1, B, H, dtype=torch.float64)
         c_seq[0] = c0
         tanh_c, out = torch.empty(T, B, H, dtype=torch.float64), torch.empty(T, B, H, dtype=torch.float64)
-        arrays = [t.numpy() for t in (a, w_hh.index_select(0, order).contiguous(), hbuf, c_seq, tanh_c, out)]
+        bias = torch.randn(4 * H, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        w_b = w_hh.index_select(0, order).contiguous()
+        arrays = [t.numpy() for t in (a, w_b, bias.index_select(0, order), hbuf, c_seq, tanh_c, out)]
         kernels.lstm_forward(*arrays, lengths.numpy(), 0, B, blocks, 0, 1, True)
         gates = torch.empty_like(a)
         gates[:, :, order] = a  # back to torch's [i | f | g | o] columns

@@ -327,15 +327,16 @@ def _owned_units(H, blocks, part, parts):
 
 
 @njit(**_JIT)
-def lstm_forward(act, w_hh, hbuf, c_seq, tanh_c, out, lengths, b_lo, b_hi, blocks, part, parts, vendor):
+def lstm_forward(act, w_hh, bias, hbuf, c_seq, tanh_c, out, lengths, b_lo, b_hi, blocks, part, parts, vendor):
     """LSTM over time, in place: sequences ``b_lo:b_hi``, the hidden units thread ``part`` owns.
 
-    In: ``act`` ``(T, B, 4H)`` holding ``x W_ih^T + b_ih + b_hh`` with columns, and ``w_hh``
-    ``(4H, H)`` with rows, in the blocked layout above; ``hbuf`` ``(2, B, H)`` with ``hbuf[0]`` holding
-    ``h0``; ``c_seq[0]`` ``(B, H)`` holding ``c0``. Out: ``act`` = gate activations; ``c_seq``
-    ``(T+1, B, H)`` the cell states (frozen past each end); ``tanh_c`` ``(T, B, H)`` =
-    ``tanh(c_t)``; ``out`` ``(T, B, H)``; the final hidden state in ``hbuf[T % 2]`` (the step
-    reads one buffer and writes the other, so no thread overwrites a state another still reads).
+    In: ``act`` ``(T, B, 4H)`` holding ``x W_ih^T`` with columns, ``w_hh`` ``(4H, H)`` with rows
+    and ``bias`` ``(4H,)`` = ``b_ih + b_hh`` in the blocked layout above; ``hbuf`` ``(2, B, H)``
+    with ``hbuf[0]`` holding ``h0``; ``c_seq[0]`` ``(B, H)`` holding ``c0``.
+    Out: ``act`` = gate activations; ``c_seq`` ``(T+1, B, H)`` the cell states (frozen past each
+    end); ``tanh_c`` ``(T, B, H)`` = ``tanh(c_t)``; ``out`` ``(T, B, H)``; the final hidden state
+    in ``hbuf[T % 2]`` (each step reads one buffer and writes the other, so no thread overwrites
+    a state another still reads).
     """
     T, B, G = act.shape
     H = G // 4
@@ -370,16 +371,18 @@ def lstm_forward(act, w_hh, hbuf, c_seq, tanh_c, out, lengths, b_lo, b_hi, block
                 # short loops touching one or two arrays each (fewer runtime alias checks).
                 i_g, f_g = row[i0 : i0 + n], row[i0 + n : i0 + 2 * n]
                 g_g, o_g = row[i0 + 2 * n : i0 + 3 * n], row[i0 + 3 * n : i0 + 4 * n]
+                i_b, f_b = bias[i0 : i0 + n], bias[i0 + n : i0 + 2 * n]
+                g_b, o_b = bias[i0 + 2 * n : i0 + 3 * n], bias[i0 + 3 * n : i0 + 4 * n]
                 cp, cn, tc = c_prev[u0 : u0 + n], c_next[u0 : u0 + n], tc_row[u0 : u0 + n]
                 ho, hn = out_row[u0 : u0 + n], hn_row[u0 : u0 + n]
                 for j in range(n):
-                    i_g[j] = _sigmoid(i_g[j], half)
+                    i_g[j] = _sigmoid(i_g[j] + i_b[j], half)
                 for j in range(n):
-                    f_g[j] = _sigmoid(f_g[j], half)
+                    f_g[j] = _sigmoid(f_g[j] + f_b[j], half)
                 for j in range(n):
-                    g_g[j] = _tanh(g_g[j])
+                    g_g[j] = _tanh(g_g[j] + g_b[j])
                 for j in range(n):
-                    o_g[j] = _sigmoid(o_g[j], half)
+                    o_g[j] = _sigmoid(o_g[j] + o_b[j], half)
                 for j in range(n):
                     c = f_g[j] * cp[j] + i_g[j] * g_g[j]
                     cn[j] = c

@@ -226,14 +226,17 @@ class _LSTMFunction(Function):
         if order is not None:
             w_ih, w_hh = w_ih.index_select(0, order), w_hh.index_select(0, order)
             bias = bias.index_select(0, order) if bias is not None else None
-        act = _input_projection(x, w_ih, bias)  # (T, B, 4H), blocked
+        # (T, B, 4H), blocked. The loop adds the bias as it reads each row: addmm would first
+        # broadcast it into all T*B rows and make the product read them back.
+        act = _input_projection(x, w_ih, None)
+        bias = bias.detach().contiguous() if bias is not None else x.new_zeros(4 * H)
         c_seq = x.new_empty(T + 1, B, H)  # c_seq[t + 1] is the cell state after step t
         c_seq[0] = c0
         tanh_c = x.new_empty(T, B, H)
         out = x.new_empty(T, B, H)
         h = _fresh(h0)
         w_hh = w_hh.contiguous()
-        loops.lstm_forward(act, w_hh, h, c_seq, tanh_c, out, lengths, blocks)
+        loops.lstm_forward(act, w_hh, bias, h, c_seq, tanh_c, out, lengths, blocks)
         ctx.save_for_backward(x, h0, w_ih, w_hh, act, c_seq, tanh_c, out)
         ctx.loops, ctx.lengths, ctx.first_weight_index = loops, lengths, 4
         ctx.blocks, ctx.order = blocks, order
@@ -462,11 +465,11 @@ class _NumbaLoops:
 
         self._on_team(kernel, args, threads, part_args)
 
-    def lstm_forward(self, act, w_hh, h, c_seq, tanh_c, out, lengths, blocks):
+    def lstm_forward(self, act, w_hh, bias, h, c_seq, tanh_c, out, lengths, blocks):
         T, B = act.shape[:2]
         hbuf = h.new_empty(2, *h.shape)  # (2, B, H): each step reads one, writes the other
         hbuf[0] = h
-        arrays = self._np(act, w_hh, hbuf, c_seq, tanh_c, out)
+        arrays = self._np(act, w_hh, bias, hbuf, c_seq, tanh_c, out)
         step_macs = B * w_hh.numel()
         self._lstm(
             self.kernels.lstm_forward, (*arrays, self._lengths(lengths, act)), B, blocks, step_macs, None
@@ -517,10 +520,10 @@ class _TorchLoops:
     def lstm_blocks(B: int, H: int) -> int:
         return 1  # one thread: torch's own gate layout
 
-    def lstm_forward(self, act, w_hh, h, c_seq, tanh_c, out, lengths, blocks=1):
+    def lstm_forward(self, act, w_hh, bias, h, c_seq, tanh_c, out, lengths, blocks=1):
         mask = self._mask(lengths, act)
         for t in range(act.shape[0]):
-            gates = act[t].addmm_(h, w_hh.t())  # (B, 4H), pre-activation, in place
+            gates = act[t].addmm_(h, w_hh.t()).add_(bias)  # (B, 4H), pre-activation, in place
             i, f, g, o = gates.chunk(4, dim=1)
             i.sigmoid_(), f.sigmoid_(), g.tanh_(), o.sigmoid_()  # act[t] now holds activations
             c = torch.addcmul(f * c_seq[t], i, g)
