@@ -187,15 +187,15 @@ def _parameter_grads(
     if need[k + 1]:  # steps 1.. against out[:-1] in one product, step 0 against h0: no shifted copy
         dw_hh = torch.mm(dgh2d[B:].t(), out[:-1].reshape((T - 1) * B, H))
         dw_hh.addmm_(dgh2d[:B].t(), h0.to(dgh2d.dtype))
-    db_ih = None
-    if need[k + 2]:
-        db_ih = db.clone() if db is not None else dgx2d.sum(0)
-    db_hh = None
-    if need[k + 3]:  # the same sum as db_ih when both biases add to the same pre-activation
-        if dgh is dgx:
-            db_hh = db_ih.clone() if db_ih is not None else (db.clone() if db is not None else dgx2d.sum(0))
-        else:
-            db_hh = dgh2d.sum(0)
+    db_ih = db_hh = None
+    shared = dgh is dgx  # both biases add to the same pre-activation: one sum serves both
+    if need[k + 2] or (need[k + 3] and shared):
+        db_x = db if db is not None else dgx2d.sum(0)
+        db_ih = db_x if need[k + 2] else None
+        if need[k + 3] and shared:
+            db_hh = db_x.clone() if db_ih is not None else db_x
+    if need[k + 3] and not shared:
+        db_hh = dgh2d.sum(0)
     return dx, dw_ih, dw_hh, db_ih, db_hh
 
 
@@ -329,9 +329,10 @@ _SINGLE_THREAD_BELOW = 100_000
 #: reads the units the others wrote) when a step's recurrent product has at least this many
 #: multiply-adds and either the batch is too small to split or ``H >= _LSTM_UNITS_FROM_H``; each
 #: thread then gets at least ``_LSTM_MIN_UNITS_PER_THREAD`` units. Splitting the batch shares
-#: nothing, but each thread's product then has fewer rows and streams all of ``W_hh``: at
-#: H = 512 the unit split measured 10% faster, at H = 128 the batch split 20% faster (2 cores,
-#: benchmarks/results/cpu.md). ``None``: never split units.
+#: nothing, but each thread's product then has fewer rows and streams all of ``W_hh``. On the
+#: 2-core benchmark VM the LSTM loops at (64, 64, 512, 512) took 7 % less time split by units;
+#: at (16, 256, 128, 128) the two were even, and in some processes cross-core traffic made the
+#: unit split up to 35 % slower, so smaller H splits the batch. ``None``: never split units.
 _LSTM_SPLIT_UNITS_ABOVE: int | None = 100_000
 _LSTM_UNITS_FROM_H = 256
 _LSTM_MIN_UNITS_PER_THREAD = 16
