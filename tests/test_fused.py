@@ -302,3 +302,15 @@ def test_default_policy_splits_large_lstm_and_matches_torch_nn(monkeypatch, B, H
     assert teams, "the default policy did not use the thread team at this size"
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def test_without_an_openmp_runtime_the_loops_run_on_one_thread(monkeypatch):
+    """Where torch ships no GNU-compatible OpenMP runtime, nothing is split and results are unchanged."""
+    _force_split(monkeypatch, "units")
+    monkeypatch.setattr(_team, "_RUNTIME", None)
+    assert _team.team_size() == 1
+    problem = _problem("lstm", 9, 5, 4, 7, dtype=torch.float64)
+    out1, st1, g1 = _run_and_grad(_forced("numba"), "lstm", *problem, "tanh")
+    out2, st2, g2 = _run_and_grad(reference.run, "lstm", *problem, "tanh")
+    for a, b in zip([out1, *st1, *g1], [out2, *st2, *g2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
