@@ -314,3 +314,26 @@ def test_without_an_openmp_runtime_the_loops_run_on_one_thread(monkeypatch):
     out2, st2, g2 = _run_and_grad(reference.run, "lstm", *problem, "tanh")
     for a, b in zip([out1, *st1, *g1], [out2, *st2, *g2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.skipif(not _team.AVAILABLE, reason="torch ships no GNU-compatible OpenMP runtime")
+def test_ctrl_c_waits_until_every_thread_of_the_team_is_done():
+    """A KeyboardInterrupt raised mid-region could leave other threads waiting at a barrier
+    forever; it is delivered when the region ends instead."""
+    import os
+    import signal
+    import time
+
+    finished = []
+
+    def work(part, parts):
+        if part == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.perf_counter() + 0.2
+            while time.perf_counter() < deadline:  # Python bytecodes: where an interrupt would land
+                pass
+        finished.append(part)
+
+    with pytest.raises(KeyboardInterrupt):
+        _team.run(work, 2)
+    assert sorted(finished) == [0, 1]

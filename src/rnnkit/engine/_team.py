@@ -15,10 +15,13 @@ false and every loop runs on the calling thread.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -84,6 +87,34 @@ def run(work: Callable[[int, int], None], threads: int) -> None:
             errors.append(error)
 
     callback = _WORKER(worker)
-    _RUNTIME.GOMP_parallel(callback, None, threads, 0)
+    with _interrupts_deferred():
+        _RUNTIME.GOMP_parallel(callback, None, threads, 0)
     if errors:
         raise errors[0]
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the parallel region is over, then deliver it.
+
+    Python raises KeyboardInterrupt on the main thread between two bytecodes. Inside the region
+    that could be before the main thread's kernel starts, while the other threads wait for it at
+    a barrier: the process would hang. So the region runs with a handler that only records the
+    signal, and the previous handler gets it once every thread is done (one call: milliseconds to
+    seconds). Only the main thread can install handlers; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # SIG_IGN / SIG_DFL: no Python exception to defer
+        yield
+        return
+    pending: list = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            previous(*pending[0])
