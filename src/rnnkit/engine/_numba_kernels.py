@@ -326,6 +326,27 @@ def _owned_units(H, blocks, part, parts):
     return k_lo, k_hi, H * k_lo // blocks, H * k_hi // blocks
 
 
+@njit(inline="always", cache=True)
+def _block(H, blocks, k):
+    """First hidden unit ``u0`` and width ``n`` of block ``k``; its gates start at column ``4 u0``."""
+    u0 = H * k // blocks
+    return u0, H * (k + 1) // blocks - u0
+
+
+@njit(inline="always", cache=True)
+def _gates(row, u0, n):
+    """The ``i, f, g, o`` views of block ``(u0, n)`` in a blocked gate row, indexed from 0: LLVM then
+    proves the indices non-negative and vectorises (an offset index keeps a wraparound select per
+    element and stays scalar)."""
+    i0 = 4 * u0
+    return (
+        row[i0 : i0 + n],
+        row[i0 + n : i0 + 2 * n],
+        row[i0 + 2 * n : i0 + 3 * n],
+        row[i0 + 3 * n : i0 + 4 * n],
+    )
+
+
 @njit(**_JIT)
 def lstm_forward(act, w_hh, bias, hbuf, c_seq, tanh_c, out, lengths, b_lo, b_hi, blocks, part, parts, vendor):
     """LSTM over time, in place: sequences ``b_lo:b_hi``, the hidden units thread ``part`` owns.
@@ -363,16 +384,11 @@ def lstm_forward(act, w_hh, bias, hbuf, c_seq, tanh_c, out, lengths, b_lo, b_hi,
             row = act[t, b]
             tc_row = tanh_c[t, b]
             for k in range(k_lo, k_hi):
-                u0 = H * k // blocks
-                n = H * (k + 1) // blocks - u0
-                i0 = 4 * u0
-                # Views with indices from 0 (LLVM then proves them non-negative and vectorises;
-                # an offset index keeps a wraparound select per element and stays scalar), and
-                # short loops touching one or two arrays each (fewer runtime alias checks).
-                i_g, f_g = row[i0 : i0 + n], row[i0 + n : i0 + 2 * n]
-                g_g, o_g = row[i0 + 2 * n : i0 + 3 * n], row[i0 + 3 * n : i0 + 4 * n]
-                i_b, f_b = bias[i0 : i0 + n], bias[i0 + n : i0 + 2 * n]
-                g_b, o_b = bias[i0 + 2 * n : i0 + 3 * n], bias[i0 + 3 * n : i0 + 4 * n]
+                u0, n = _block(H, blocks, k)
+                # Views indexed from 0 (see _gates) and short loops touching one or two arrays
+                # each (fewer runtime alias checks): both keep LLVM vectorising.
+                i_g, f_g, g_g, o_g = _gates(row, u0, n)
+                i_b, f_b, g_b, o_b = _gates(bias, u0, n)
                 cp, cn, tc = c_prev[u0 : u0 + n], c_next[u0 : u0 + n], tc_row[u0 : u0 + n]
                 ho, hn = out_row[u0 : u0 + n], hn_row[u0 : u0 + n]
                 for j in range(n):
@@ -422,14 +438,10 @@ def lstm_backward(
                 continue
             row = act[t, b]
             for k in range(k_lo, k_hi):
-                u0 = H * k // blocks
-                n = H * (k + 1) // blocks - u0
+                u0, n = _block(H, blocks, k)
                 i0 = 4 * u0
-                # Views indexed from 0, as in the forward (so that LLVM vectorises).
-                i_g, f_g = row[i0 : i0 + n], row[i0 + n : i0 + 2 * n]
-                g_g, o_g = row[i0 + 2 * n : i0 + 3 * n], row[i0 + 3 * n : i0 + 4 * n]
-                di, df = dgates[t, b, i0 : i0 + n], dgates[t, b, i0 + n : i0 + 2 * n]
-                dg, do = dgates[t, b, i0 + 2 * n : i0 + 3 * n], dgates[t, b, i0 + 3 * n : i0 + 4 * n]
+                i_g, f_g, g_g, o_g = _gates(row, u0, n)
+                di, df, dg, do = _gates(drow, u0, n)
                 tc, cp = tanh_c[t, b, u0 : u0 + n], c_seq[t, b, u0 : u0 + n]
                 dh_u, dc_u, dout_u = dh[b, u0 : u0 + n], dc[b, u0 : u0 + n], dout[t, b, u0 : u0 + n]
                 for j in range(n):

@@ -391,6 +391,13 @@ class _NumbaLoops:
             return 1  # the batch split (see ``_lstm``) is faster here
         return max(1, min(threads, H // _LSTM_MIN_UNITS_PER_THREAD))
 
+    @staticmethod
+    def _work(seq: Tensor, w: Tensor) -> tuple[int, int]:
+        """``B`` and the multiply-adds of one step's recurrent product for ``seq`` ``(T, B, *)`` and
+        the recurrent weight ``w`` (``G x H`` either way round): ``B * G * H``."""
+        B = seq.shape[1]
+        return B, B * w.numel()
+
     def _single(self, kernel, args: tuple, step_macs: int) -> None:
         """The whole loop on the calling thread; BLAS single-threaded for small per-step products."""
         threads = 1 if step_macs < _SINGLE_THREAD_BELOW else 0  # 0: torch's global setting
@@ -426,8 +433,8 @@ class _NumbaLoops:
         self.team.run(work, threads)
 
     def _lstm(self, kernel, args: tuple, B: int, blocks: int, step_macs: int, dbias) -> None:
-        """Run an LSTM kernel: ``blocks`` threads each owning a block of hidden units, or else the
-        batch cut into per-thread ranges when worthwhile, or one thread. ``dbias`` (backward only,
+        """Run an LSTM kernel: ``blocks`` threads each owning a block of hidden units, or else as
+        :meth:`_batch_split` (torch's gate layout, all units per thread). ``dbias`` (backward only,
         else None): one row of bias-gradient sums per thread, passed before the thread's range."""
 
         def own(part: int) -> tuple:
@@ -438,70 +445,68 @@ class _NumbaLoops:
                 kernel, args, blocks, lambda part, parts: (*own(part), 0, B, blocks, part, parts, self.vendor)
             )
             return
-        threads = min(self.team.team_size(), B // _MIN_ROWS_PER_THREAD)
-        if _BATCH_SPLIT_ABOVE is None or step_macs < _BATCH_SPLIT_ABOVE or threads <= 1:
-            self._single(kernel, (*args, *own(0), 0, B, 1, 0, 1, self.vendor), step_macs)
-            return
+        self._batch_split(kernel, args, B, step_macs, before=own, after=(1, 0, 1))
 
-        def part_args(part: int, parts: int) -> tuple:
-            return *own(part), B * part // parts, B * (part + 1) // parts, 1, 0, 1, self.vendor
+    def _batch_split(
+        self, kernel, args: tuple, B: int, step_macs: int, before=lambda part: (), after: tuple = ()
+    ) -> None:
+        """Run ``kernel(*args, *before(part), b_lo, b_hi, *after, vendor)``, cutting the batch into
+        per-thread ranges when worthwhile (sequences never interact), else on one thread.
 
-        self._on_team(kernel, args, threads, part_args)
-
-    def _batch_split(self, kernel, args: tuple, seq: Tensor, w: Tensor) -> None:
-        """Run a GRU/RNN kernel, cutting the batch into per-thread ranges when worthwhile.
-
-        ``seq`` ``(T, B, *)`` and the recurrent weight ``w`` (``G x H`` either way round) size the
-        work: ``B * G * H`` multiply-adds per step.
+        ``step_macs``: multiply-adds of one step's recurrent product (``B * G * H``).
         """
-        B = seq.shape[1]
-        step_macs = B * w.numel()
         threads = min(self.team.team_size(), B // _MIN_ROWS_PER_THREAD)
         if _BATCH_SPLIT_ABOVE is None or step_macs < _BATCH_SPLIT_ABOVE or threads <= 1:
-            self._single(kernel, (*args, 0, B, self.vendor), step_macs)
+            self._single(kernel, (*args, *before(0), 0, B, *after, self.vendor), step_macs)
             return
 
         def part_args(part: int, parts: int) -> tuple:
-            return B * part // parts, B * (part + 1) // parts, self.vendor
+            return *before(part), B * part // parts, B * (part + 1) // parts, *after, self.vendor
 
         self._on_team(kernel, args, threads, part_args)
 
     def lstm_forward(self, act, w_hh, bias, h, c_seq, tanh_c, out, lengths, blocks):
-        T, B = act.shape[:2]
         hbuf = h.new_empty(2, *h.shape)  # (2, B, H): each step reads one, writes the other
         hbuf[0] = h
         arrays = self._np(act, w_hh, bias, hbuf, c_seq, tanh_c, out)
-        step_macs = B * w_hh.numel()
+        B, step_macs = self._work(act, w_hh)
         self._lstm(
             self.kernels.lstm_forward, (*arrays, self._lengths(lengths, act)), B, blocks, step_macs, None
         )
-        h.copy_(hbuf[T % 2])
+        h.copy_(hbuf[act.shape[0] % 2])
 
     def lstm_backward(self, act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths, blocks) -> Tensor:
         """Fills ``dgates``, ``dh``, ``dc``; returns the bias gradient ``(4H,)``."""
         arrays = self._np(act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates)
-        B, G = act.shape[1], act.shape[2]
-        dbias = act.new_zeros(max(1, self.team.team_size()), G)  # one row per thread
-        step_macs = B * w_hh.numel()
+        dbias = act.new_zeros(max(1, self.team.team_size()), act.shape[2])  # one row per thread
+        B, step_macs = self._work(act, w_hh)
         args = (*arrays, self._lengths(lengths, act))
         self._lstm(self.kernels.lstm_backward, args, B, blocks, step_macs, dbias.numpy())
         return dbias.sum(0)
 
     def gru_forward(self, act, w_hh, b_hh, h, gh_n, out, lengths):
         arrays = self._np(act, w_hh, b_hh, h, gh_n, out)
-        self._batch_split(self.kernels.gru_forward, (*arrays, self._lengths(lengths, act)), act, w_hh)
+        self._batch_split(
+            self.kernels.gru_forward, (*arrays, self._lengths(lengths, act)), *self._work(act, w_hh)
+        )
 
     def gru_backward(self, act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh, lengths):
         arrays = self._np(act, gh_n, out, h0, w_hh, dout, dh, dgx, dgh)
-        self._batch_split(self.kernels.gru_backward, (*arrays, self._lengths(lengths, act)), act, w_hh)
+        self._batch_split(
+            self.kernels.gru_backward, (*arrays, self._lengths(lengths, act)), *self._work(act, w_hh)
+        )
 
     def rnn_forward(self, out, w_hh, h, lengths, relu):
         arrays = self._np(out, w_hh, h)
-        self._batch_split(self.kernels.rnn_forward, (*arrays, self._lengths(lengths, out), relu), out, w_hh)
+        self._batch_split(
+            self.kernels.rnn_forward, (*arrays, self._lengths(lengths, out), relu), *self._work(out, w_hh)
+        )
 
     def rnn_backward(self, out, w_hh, dout, dh, dpre, lengths, relu):
         arrays = self._np(out, w_hh, dout, dh, dpre)
-        self._batch_split(self.kernels.rnn_backward, (*arrays, self._lengths(lengths, out), relu), out, w_hh)
+        self._batch_split(
+            self.kernels.rnn_backward, (*arrays, self._lengths(lengths, out), relu), *self._work(out, w_hh)
+        )
 
 
 # --- time loops: tensor ops (any device) -------------------------------------------------------
