@@ -182,7 +182,7 @@ def triton_impls(mode: str, B: int, H: int, dtype: torch.dtype, extra: bool):
     default = te.plan_for(mode, B, H, dtype)
     paths = [default.path]
     if extra:
-        paths += [p for p in ("persistent", "stepwise") if p != default.path]
+        paths += [p for p in ("split", "persistent", "stepwise") if p != default.path]
     for path in paths:
         yield f"triton:{path}", te.plan_for(mode, B, H, dtype, path), path == default.path
 
@@ -223,9 +223,12 @@ def precompile(points: list, args) -> dict:
     jobs = {}
     for mode, dname, (B, _T, _I, H) in points:
         default = te.plan_for(mode, B, H, DTYPES[dname]).path
-        for path in dict.fromkeys((default, "persistent")):  # stepwise shares persistent's kernels
+        for path in dict.fromkeys((default, "split", "persistent")):  # stepwise: persistent's kernels
             plan = te.plan_for(mode, B, H, DTYPES[dname], path)
-            variant = (mode, dname, H % 16 == 0, dataclasses.replace(plan, path="persistent"))
+            same = "persistent" if path == "stepwise" else path
+            # the split kernels hold all of H (padded to a power of two) as one tile
+            hp = te._hp(H) if path == "split" else None
+            variant = (mode, dname, H % 16 == 0, hp, dataclasses.replace(plan, path=same))
             fields = dataclasses.asdict(plan)
             jobs.setdefault(variant, (mode, dname, H, fields, torch.backends.cudnn.allow_tf32, DEVICE))
     workers = args.workers or max(1, min(len(jobs), (os.cpu_count() or 2) - 2, 12))

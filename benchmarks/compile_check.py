@@ -33,7 +33,7 @@ from rnnkit.engine import triton_kernels as K  # noqa: E402
 
 H100_SMEM = 232448  # bytes of shared memory one block may use on sm_90
 FP32_BUFFERS = {"hbuf_ptr", "cbuf_ptr", "hn_ptr", "cn_ptr", "direct_ptr", "dc_ptr", "dh0_ptr", "dc0_ptr"}
-FP32_BUFFERS |= {"dhn_ptr", "dcn_ptr"}
+FP32_BUFFERS |= {"dhn_ptr", "dcn_ptr", "hst_ptr", "cst_ptr"}
 TL_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -44,6 +44,8 @@ def signature(fn, dtype: str, constexprs: dict) -> dict:
             sig[name] = "constexpr"
         elif name == "lens_ptr":
             sig[name] = "*i64"
+        elif name == "bar_ptr":
+            sig[name] = "*i32"
         elif name in FP32_BUFFERS:
             sig[name] = "*fp32"
         elif name.endswith("_ptr"):
@@ -80,12 +82,15 @@ def variants():
             for mode in modes:
                 for dtype in DTYPES.values():
                     default = te.plan_for(mode, B, H, dtype).path
-                    for path in dict.fromkeys((default, "persistent", "stepwise")):
+                    for path in dict.fromkeys((default, "split", "persistent", "stepwise")):
                         plan = te.plan_for(mode, B, H, dtype, path)
                         flags = dict(te._flags(mode, "tanh", dtype), UPCAST=False)
                         if path == "resident":
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h)
                             kernels = [(K.fwd_resident_kernel, c), (K.bwd_resident_kernel, c)]
+                        elif path == "split":
+                            c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=te._hp(H))
+                            kernels = [(K.fwd_split_kernel, c), (K.bwd_split_kernel, c)]
                         else:
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
                             kernels = [
@@ -117,7 +122,9 @@ def main() -> int:
             "num_warps": plan.num_warps,
             "num_stages": plan.num_stages,
         }
-        row["constexprs"] = {k: v for k, v in cx.items() if k in ("MODE", "BLOCK_B", "BLOCK_H", "BLOCK_K")}
+        row["constexprs"] = {
+            k: v for k, v in cx.items() if k in ("MODE", "BLOCK_B", "BLOCK_H", "BLOCK_K", "HP")
+        }
         try:
             src = ASTSource(fn, signature(fn, dtype, cx), cx)
             k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=te._launch(plan))
@@ -126,7 +133,9 @@ def main() -> int:
             row["weights_staged_in_smem_before_loop"] = _hoisted(k.asm["ttgir"])
             row.update(ptxas_info(k.asm["ptx"]))
         except Exception as e:
-            row["error"] = f"{type(e).__name__}: {e}"[:400]
+            while e.__cause__ is not None:  # Triton wraps the real error once per inlined call
+                e = e.__cause__
+            row["error"] = f"{type(e).__name__}: {e}"[-400:]
         row["compile_s"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)

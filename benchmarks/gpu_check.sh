@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (no internet, torch + triton preinstalled), from the repo root:
 #
-#     bash benchmarks/gpu_check.sh
+#     bash benchmarks/gpu_check.sh [bench_gpu.py options]
 #
-# 1. the benchmark (< 5 min; it compiles every kernel variant up front in parallel processes,
-#    checks each Triton path against cuDNN, then times cuDNN, the fused engine and the Triton paths);
-# 2. the GPU-only correctness tests (lengths, fp32/bf16/fp16, every path; most kernels are already
-#    in Triton's disk cache from step 1).
-# Results: benchmarks/results/gpu.json, also copied to $OUT when the device tool provides it.
-set -u
-export PYTHONPATH=src
+# 1. the split path's GPU tests first (its cross-program step barrier only runs compiled), so a
+#    broken barrier shows in seconds;
+# 2. the benchmark (it compiles every kernel variant up front in parallel processes, checks each
+#    Triton path against cuDNN, then times cuDNN, the fused engine and the Triton paths);
+# 3. the other GPU-only correctness tests (most kernels are in Triton's disk cache by then).
+# Logs and benchmarks/results/gpu.json go to $OUT when the device tool provides it.
+# Time limits (seconds): SPLIT_S, BENCH_S, TESTS_S.
+set -u -o pipefail
+export PYTHONPATH=src PYTHONUNBUFFERED=1
 export TRITON_DEFAULT_FP_FUSION=1  # Triton >= 3.9 warns when unset; 1 is the historical default
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+OUT=${OUT:-/tmp/rnnkit_gpu_check}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader || true
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
-timeout 330 python benchmarks/bench_gpu.py "$@"
-bench_rc=$?
-if [ -n "${OUT:-}" ] && [ -f benchmarks/results/gpu.json ]; then cp benchmarks/results/gpu.json "$OUT/"; fi
+pytest_gpu() {
+    python -m pytest tests/test_triton.py -q -p no:cacheprovider -k "$1"
+}
+timeout "${SPLIT_S:-150}" bash -c "$(declare -f pytest_gpu); pytest_gpu 'gpu and split'" 2>&1 | tee "$OUT/split_tests.log"
+split_rc=$?
 
-timeout 240 python -m pytest tests/test_triton.py -q -x -k gpu -p no:cacheprovider
+timeout "${BENCH_S:-330}" python benchmarks/bench_gpu.py "$@" 2>&1 | tee "$OUT/bench.log"
+bench_rc=$?
+[ -f benchmarks/results/gpu.json ] && cp benchmarks/results/gpu.json "$OUT/"
+
+timeout "${TESTS_S:-240}" bash -c "$(declare -f pytest_gpu); pytest_gpu 'gpu and not split'" 2>&1 | tee "$OUT/tests.log"
 test_rc=$?
-echo "bench_gpu rc=$bench_rc, gpu tests rc=$test_rc"
-exit $((bench_rc != 0 || test_rc != 0))
+echo "split tests rc=$split_rc, bench_gpu rc=$bench_rc, other gpu tests rc=$test_rc"
+exit $((split_rc != 0 || bench_rc != 0 || test_rc != 0))

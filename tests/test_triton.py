@@ -121,7 +121,8 @@ def _check(mode, B, T, I, H, dtype, plan, *, lengths=None, nonlinearity="tanh", 
 def _plan(mode, path, dtype, B=3, H=24):
     if path == "resident":
         return te.plan_for(mode, B, H, dtype, path)
-    # H = 24: two hidden blocks, the second ragged; one ragged reduction tile
+    # H = 24: two hidden blocks (split: two programs per batch tile), the second ragged; one
+    # ragged reduction tile
     return te.Plan(path, block_b=16, block_h=16, block_k=32)
 
 
@@ -150,13 +151,20 @@ def test_gru_without_bias():
     _check("gru", 3, 7, 5, 24, torch.float32, plan, lengths=[2, 7, 1], bias=False)
 
 
-def test_several_batch_tiles():
-    # B = 20 with 16-row tiles: a full tile and a ragged one, each with its own lengths
+@pytest.mark.parametrize("mode, path, H", [("lstm", "resident", 16), ("gru", "split", 24)])
+def test_several_batch_tiles(mode, path, H):
+    # B = 20 with 16-row tiles: a full tile and a ragged one, each with its own lengths (split:
+    # each tile's programs keep their own step counter)
     lengths = [(3 * b) % 5 + 1 for b in range(20)]
     lengths[4] = 5
-    _check(
-        "lstm", 20, 5, 5, 16, torch.float32, _plan("lstm", "resident", torch.float32, H=16), lengths=lengths
-    )
+    _check(mode, 20, 5, 5, H, torch.float32, _plan(mode, path, torch.float32, H=H), lengths=lengths)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_split_rnn_three_programs_per_tile(nonlinearity):
+    # H = 40 over 16-column slices: three programs, the last owning 8 real columns of 16
+    plan = te.Plan("split", block_b=16, block_h=16, block_k=16)
+    _check("rnn", 3, 6, 4, 40, torch.float32, plan, lengths=[6, 1, 4], nonlinearity=nonlinearity)
 
 
 @pytest.mark.parametrize(
@@ -167,6 +175,8 @@ def test_several_batch_tiles():
         ("gru", "resident"),
         ("lstm", "persistent"),
         ("gru", "stepwise"),
+        ("lstm", "split"),
+        ("gru", "split"),
     ],
 )
 def test_bfloat16_matches_reference(mode, path):
@@ -187,6 +197,20 @@ def test_plan_for_picks_resident_for_small_and_streams_for_large():
     assert te.plan_for("lstm", 16, 256, torch.bfloat16).path != "resident"
     assert te.plan_for("lstm", 256, 1024, torch.bfloat16).path == "stepwise"
     assert te.plan_for("gru", 1, 8, torch.float32, path="stepwise").path == "stepwise"
+
+
+def test_split_plan_fits_the_chip_or_declines():
+    sms = te._sm_count()
+    plan = te.plan_for("lstm", 16, 256, torch.bfloat16)
+    assert plan.path == "split" and plan.block_h == 16 and plan.block_b == 16
+    # B = 64, H = 512: four 16-row tiles of 32 programs each, one wave on an H100's 132 SMs
+    plan = te.split_plan("lstm", 64, 512, torch.float32)
+    assert plan is not None and te._cdiv(64, plan.block_b) * 32 <= max(sms, 128)
+    # an fp32 LSTM slice at H = 1024 (4 gates x 1024 x 16 x 4 bytes) is too big for one program
+    assert te.split_plan("lstm", 16, 1024, torch.float32) is None
+    assert te.plan_for("lstm", 16, 1024, torch.float32).path != "split"
+    # forcing the path where it does not fit still gives a runnable plan
+    assert te.plan_for("lstm", 16, 1024, torch.float32, path="split").path == "split"
 
 
 def test_plan_rejects_bad_blocks():
@@ -244,6 +268,16 @@ def test_gpu_larger_sizes(mode, path, dtype):
     lengths[5] = T
     plan = te.plan_for(mode, B, H, dtype, path)
     _check(mode, B, T, 33, H, dtype, plan, lengths=lengths)
+
+
+@needs_cuda
+def test_gpu_split_with_more_programs_than_multiprocessors():
+    # 16-row tiles of 16 programs each, more tiles than fit at once: the tiles run in waves and
+    # the start tickets keep every waiting program's partners startable (no deadlock, no NaN)
+    H = 256
+    B = 16 * (te._sm_count() // 16 + 2)
+    plan = te.Plan("split", block_b=16, block_h=16, num_warps=8)
+    _check("lstm", B, 9, 32, H, torch.bfloat16, plan, lengths=[(5 * b) % 9 + 1 for b in range(B)])
 
 
 @needs_cuda

@@ -6,9 +6,13 @@ the gate activations. Backward: one kernel walks from the last step to the first
 pre-activation gradients of every step and ``dh0``/``dc0``, then the weight and input gradients
 are large matrix products again.
 
-Three paths (see :class:`Plan`), chosen by :func:`plan_for`:
+Four paths (see :class:`Plan`), chosen by :func:`plan_for`:
 
 - ``resident``: ``W_hh`` fits in one program, which keeps it on chip for all steps; one launch.
+- ``split``: the hidden dimension is split over programs that each keep a column slice of
+  ``W_hh`` on chip and meet at a barrier after every step (persistent RNNs, Diamos et al. 2016);
+  one launch on a GPU. Under the interpreter (programs run one after another, so none could wait
+  for another) the host launches the same kernel one step at a time.
 - ``persistent``: any ``H``; one launch, each program loops over every hidden block and streams
   ``W_hh`` from L2 each step. Parallel over batch tiles only.
 - ``stepwise``: any ``H``; one launch per step with programs split over batch tiles and hidden
@@ -45,15 +49,18 @@ __all__ = ["AVAILABLE", "INTERPRETED", "PATHS", "Plan", "plan_for", "run", "supp
 
 MODE_CODE = {"rnn": 0, "lstm": 1, "gru": 2}
 NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-PATHS = ("resident", "persistent", "stepwise")
+PATHS = ("resident", "split", "persistent", "stepwise")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 #: ``W_hh`` bytes one program may hold for the whole sequence (registers / shared memory).
-#: A guess for H100-class chips (LSTM: bf16 up to H = 128, fp32 up to H = 64); tune with
-#: benchmarks/bench_gpu.py, which times every path.
+#: LSTM: bf16 up to H = 128, fp32 up to H = 64; tune with benchmarks/bench_gpu.py, which times
+#: every path.
 RESIDENT_MAX_BYTES = 128 * 1024
+#: On-chip bytes one ``split`` program may hold: its ``W_hh`` slice (``NG * HP * block_h``) and
+#: one step's ``h`` (or gate gradient) tile (``block_b * HP``); H100: 227 KiB of shared memory.
+SPLIT_MAX_BYTES = 192 * 1024
 #: Above this many ``W_hh`` bytes per batch tile the persistent loop streams too much per
-#: program per step and launching one step at a time over many programs wins (also a guess).
+#: program per step and launching one step at a time over many programs wins (a guess).
 PERSISTENT_MAX_BYTES = 1024 * 1024
 _INT32_MAX = 2**31 - 1
 
@@ -62,12 +69,25 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _sm_count() -> int:
+    """Multiprocessors of the current CUDA device (132 on an H100 SXM when there is none: the
+    interpreter never waits, so the number only shapes the plan)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return 132
+
+
 @dataclass(frozen=True)
 class Plan:
     """How to launch the kernels for one problem size.
 
     ``path`` one of :data:`PATHS`; ``block_b`` batch rows per program; ``block_h`` hidden columns
-    per block (``resident``: all of ``H``, padded to a power of two); ``block_k`` reduction tile;
+    per block (``resident``: all of ``H``, padded to a power of two; ``split``: the columns one
+    program owns); ``block_k`` reduction tile of the ``persistent``/``stepwise`` kernels;
     ``num_warps`` per program; ``num_stages`` software-pipelining depth (1: none; the blocked
     kernels' reduction loop spills registers when pipelined). Block sizes are powers of two >= 16
     (``tl.dot``'s minimum).
@@ -93,15 +113,37 @@ class Plan:
             raise ValueError(f"Plan: num_stages must be in [1, 4], got {self.num_stages}")
 
 
+def split_plan(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, block_h: int = 16) -> Plan | None:
+    """The ``split`` plan for this size, or ``None`` where a program's slice does not fit on chip
+    or one batch tile would need more programs than the GPU has multiprocessors. Batch tiles grow
+    (up to 64 rows) until all programs fit in one wave where they can."""
+    HP = _hp(hidden_size)
+    elt = torch.empty(0, dtype=dtype).element_size()
+    n_h = _cdiv(hidden_size, block_h)
+    sms = _sm_count()
+    if n_h > sms:
+        return None
+    block_b = 16
+    while _cdiv(batch, block_b) * n_h > sms and block_b < 64:
+        block_b *= 2
+    if (NUM_GATES[mode] * block_h + block_b) * HP * elt > SPLIT_MAX_BYTES:
+        return None
+    # 8 warps: 4 spill registers at H = 256 (benchmarks/compile_check.py)
+    return Plan("split", block_b, block_h, block_k=16, num_warps=8, num_stages=1)
+
+
 def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: str | None = None) -> Plan:
     """The default :class:`Plan` for ``mode`` at batch ``batch`` and hidden size ``hidden_size``;
     ``path`` forces a path (the block sizes still follow the size)."""
-    HP = max(16, _next_pow2(hidden_size))
-    w_bytes = NUM_GATES[mode] * hidden_size * hidden_size * torch.empty(0, dtype=dtype).element_size()
+    HP = _hp(hidden_size)
+    elt = torch.empty(0, dtype=dtype).element_size()
+    w_bytes = NUM_GATES[mode] * hidden_size * hidden_size * elt
     block_b = 16 if batch <= 128 else 32
     if path is None:
-        if NUM_GATES[mode] * HP * HP * torch.empty(0, dtype=dtype).element_size() <= RESIDENT_MAX_BYTES:
+        if NUM_GATES[mode] * HP * HP * elt <= RESIDENT_MAX_BYTES:
             path = "resident"
+        elif split_plan(mode, batch, hidden_size, dtype) is not None:
+            path = "split"
         elif w_bytes <= PERSISTENT_MAX_BYTES:
             path = "persistent"
         else:
@@ -109,6 +151,10 @@ def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: 
     if path == "resident":
         # the time loop's loads (next step's projections) may be pipelined
         return Plan("resident", block_b, HP, HP, num_warps=4 if HP <= 64 else 8, num_stages=2)
+    if path == "split":
+        plan = split_plan(mode, batch, hidden_size, dtype)
+        # forced where it does not fit well: the smallest slices, batch tiles in several waves
+        return plan if plan is not None else Plan("split", 16, 16, 16, num_warps=8)
     # 64x32 tiles and 8 warps compile without register spills for sm_90 (benchmarks/compile_check.py)
     return Plan(path, block_b, block_h=min(64, HP), block_k=min(32, HP), num_warps=8, num_stages=1)
 
@@ -145,6 +191,15 @@ def _flags(mode: str, nonlinearity: str, dtype: torch.dtype) -> dict:
         PRECISION=_precision(dtype),
         UPCAST=INTERPRETED and dtype == torch.bfloat16,
     )
+
+
+def _hp(hidden_size: int) -> int:
+    return max(16, _next_pow2(hidden_size))
+
+
+def _barrier(n_btiles: int, device: torch.device) -> Tensor:
+    """The split kernels' int32 counters: start ticket, error flag, one step counter per batch tile."""
+    return torch.zeros(2 + n_btiles, dtype=torch.int32, device=device)
 
 
 def _launch(plan: Plan) -> dict:
@@ -190,6 +245,20 @@ class _TritonLayer(torch.autograd.Function):
                 xg, w_hh, b_hn, h0, c0, lens, out, cs, save, hn, cn, T, B, H,
                 BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
             )  # fmt: skip
+        elif plan.path == "split":
+            hbuf = torch.empty(2, B, H, dtype=dt, device=x.device)  # h exchanged between programs
+            hbuf[0] = h0
+            hn = h0.float().clone()  # own columns' exact state between launches, then the result
+            cn = c0.float().clone() if mode == "lstm" else hn
+            n_h = triton.cdiv(H, plan.block_h)
+            grid = (n_btiles * n_h,)
+            args = (xg, w_hh, b_hn, lens, hbuf, hn, cn, out, cs, save, _barrier(n_btiles, x.device))
+            common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
+            if INTERPRETED:
+                for t in range(T):
+                    K.fwd_split_kernel[grid](*args, t, t + 1, B, H, n_h, 0, **common)
+            else:
+                K.fwd_split_kernel[grid](*args, 0, T, B, H, n_h, 1, **common)
         else:
             hbuf = torch.empty(2, B, H, dtype=torch.float32, device=x.device)
             hbuf[0] = h0
@@ -238,6 +307,20 @@ class _TritonLayer(torch.autograd.Function):
                 w_hh, h0, c0, lens, out, cs, save, dout, dh_n, dc_n, dgi, dgh, dh0, dc0, T, B, H,
                 BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
             )  # fmt: skip
+        elif plan.path == "split":
+            direct = dh_n.clone()
+            dc0 = dc_n.clone()
+            n_h = triton.cdiv(H, plan.block_h)
+            grid = (n_btiles * n_h,)
+            args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh, dh0)
+            args += (_barrier(n_btiles, dev),)
+            common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
+            if INTERPRETED:
+                for u in range(T, 0, -1):
+                    K.bwd_split_kernel[grid](*args, u, u - 1, T, B, H, n_h, 0, 0, **common)
+                K.bwd_split_kernel[grid](*args, 0, 0, T, B, H, n_h, 0, 1, **common)
+            else:
+                K.bwd_split_kernel[grid](*args, T, 0, T, B, H, n_h, 1, 1, **common)
         else:
             direct = dh_n.clone()
             dc0 = dc_n.clone()

@@ -576,3 +576,256 @@ def bwd_blocked_kernel(
                 UPCAST,
             )
             tl.store(dh0_ptr + rows[:, None] * H + cols[None, :], dh, mask=rmask[:, None] & cmask[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Hidden dimension split over programs that synchronise each step (persistent RNNs)
+# ----------------------------------------------------------------------------------------------
+
+#: Polls (about a second) a program waits at a step barrier before it gives up, stops waiting
+#: at later barriers and poisons its outputs with NaN: a guard against a hang should the
+#: programs of one batch tile not all be resident at once.
+SPIN_LIMIT = tl.constexpr(1 << 20)
+
+
+@triton.jit
+def _ticket(bar_ptr, n_h, sync):
+    """``(pid_b, pid_h)`` of this program. With ``sync`` the ids are handed out in the order the
+    programs start (an atomic ticket), so every program that waits at a barrier only waits for
+    programs that started before it or can start once earlier batch tiles finish."""
+    pid = tl.program_id(0)
+    if sync:
+        pid = tl.atomic_add(bar_ptr, 1)
+    return pid // n_h, pid % n_h
+
+
+@triton.jit
+def _step_barrier(bar_ptr, target, failed):
+    """Arrive at ``bar_ptr`` (a monotone counter per batch tile) and wait until it reaches
+    ``target``; the writes of every program before its arrival are then visible (through L2).
+    Returns ``failed``, or 1 if the wait gave up after ``SPIN_LIMIT`` polls (once failed, a
+    program no longer waits). Scalar atomics run on one thread; the CTA barriers order the
+    other threads' stores before it and their loads after it."""
+    tl.debug_barrier()  # every thread of this program has issued its stores
+    tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+    spins = 0
+    limit = SPIN_LIMIT * (1 - failed)
+    while (seen < target) & (spins < limit):
+        seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+        spins += 1
+    tl.debug_barrier()
+    return failed | (seen < target).to(tl.int32)
+
+
+@triton.jit(do_not_specialize=["t_begin", "t_end", "B", "n_h", "sync"])
+def fwd_split_kernel(
+    xg_ptr,
+    w_ptr,
+    bhn_ptr,
+    lens_ptr,
+    hx_ptr,
+    hst_ptr,
+    cst_ptr,
+    out_ptr,
+    cs_ptr,
+    save_ptr,
+    bar_ptr,
+    t_begin,
+    t_end,
+    B,
+    H,
+    n_h,
+    sync,
+    MODE: tl.constexpr,
+    NG: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    HP: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Steps ``t_begin <= t < t_end`` on a 1-d grid of ``n_b * n_h`` programs; program
+    ``(pid_b, pid_h)`` owns batch tile ``pid_b`` and hidden columns ``pid_h * BLOCK_H ...`` of every
+    gate, and keeps its slice of ``W_hh`` (``NG`` tiles ``(HP, BLOCK_H)``) on chip for all steps.
+    Each step reads the whole previous ``h`` of its batch tile from ``hx`` ``(2, B, H)`` (dtype
+    of ``W_hh``; step ``t`` reads slot ``t % 2``) and writes its own columns to the other slot.
+    With ``sync`` the programs of a batch tile meet at a barrier after every step (one launch for
+    the sequence; needs them all resident at once); without it the host launches one step at a
+    time. ``hst``/``cst`` ``(B, H)`` fp32 carry the own columns' exact ``h``/``c`` between
+    launches and hold the final state. ``bar`` int32 ``(2 + n_b,)``: ticket, error flag, one
+    barrier counter per batch tile (zeroed by the host)."""
+    pid_b, pid_h = _ticket(bar_ptr, n_h, sync)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    cmask = cols < H
+    ks = tl.arange(0, HP)
+    kmask = ks < H
+    m2 = rmask[:, None] & cmask[None, :]
+    hm = rmask[:, None] & kmask[None, :]
+    lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
+    st = rows[:, None] * H + cols[None, :]
+    hrow = rows[:, None] * H + ks[None, :]
+    wt = cols[None, :] * H + ks[:, None]  # W^T slice (HP in, BLOCK_H out) of gate 0
+    wm = kmask[:, None] & cmask[None, :]
+    w0 = tl.load(w_ptr + wt, mask=wm, other=0.0)
+    if NG > 1:
+        w1 = tl.load(w_ptr + H * H + wt, mask=wm, other=0.0)
+        w2 = tl.load(w_ptr + 2 * H * H + wt, mask=wm, other=0.0)
+    if NG > 3:
+        w3 = tl.load(w_ptr + 3 * H * H + wt, mask=wm, other=0.0)
+    if MODE == 2:
+        bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    h = tl.load(hst_ptr + st, mask=m2, other=0.0)
+    if MODE == 1:
+        c = tl.load(cst_ptr + st, mask=m2, other=0.0)
+    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    failed = 0
+    BH = B * H
+    for t in range(t_begin, t_end):
+        valid = (t < lens)[:, None]
+        hk = tl.load(hx_ptr + (t % 2) * BH + hrow, mask=hm, other=0.0, cache_modifier=".cg")
+        xg = xg_ptr + t * (NG * BH) + rows[:, None] * (NG * H) + cols[None, :]
+        sp = save_ptr + t * (4 * BH) + rows[:, None] * (4 * H) + cols[None, :]
+        if MODE == 0:
+            a = _mm(hk, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST)
+            if RELU:
+                h_new = tl.maximum(a, 0.0)
+            else:
+                h_new = _tanh(a)
+        elif MODE == 1:
+            i = _sigmoid(_mm(hk, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
+            f = _sigmoid(_mm(hk, w1, tl.load(xg + H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
+            g = _tanh(_mm(hk, w2, tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
+            o = _sigmoid(
+                _mm(hk, w3, tl.load(xg + 3 * H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST)
+            )
+            c_new = f * c + i * g
+            h_new = o * _tanh(c_new)
+            tl.store(sp, i.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + H, f.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + 2 * H, g.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + 3 * H, o.to(save_ptr.dtype.element_ty), mask=m2)
+            c = tl.where(valid, c_new, c)
+            tl.store(cs_ptr + t * BH + st, c.to(cs_ptr.dtype.element_ty), mask=m2)
+        else:
+            r = _sigmoid(_mm(hk, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
+            z = _sigmoid(_mm(hk, w1, tl.load(xg + H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
+            hn = _mm(hk, w2, zero, PRECISION, UPCAST) + bhn[None, :]
+            n = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + r * hn)
+            h_new = (1.0 - z) * n + z * h
+            tl.store(sp, r.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + H, z.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + 2 * H, n.to(save_ptr.dtype.element_ty), mask=m2)
+            tl.store(sp + 3 * H, hn.to(save_ptr.dtype.element_ty), mask=m2)
+        h = tl.where(valid, h_new, h)
+        tl.store(hx_ptr + ((t + 1) % 2) * BH + st, h.to(hx_ptr.dtype.element_ty), mask=m2)
+        y = tl.where(valid, h_new, 0.0)
+        if sync:
+            failed = _step_barrier(bar_ptr + 2 + pid_b, (t - t_begin + 1) * n_h, failed)
+            y = tl.where(failed + tl.zeros_like(rows)[:, None] > 0, float("nan"), y)
+        tl.store(out_ptr + t * BH + st, y.to(out_ptr.dtype.element_ty), mask=m2)
+    tl.store(hst_ptr + st, h, mask=m2)
+    if MODE == 1:
+        tl.store(cst_ptr + st, c, mask=m2)
+    if failed:
+        tl.atomic_max(bar_ptr + 1, 1)
+
+
+@triton.jit(do_not_specialize=["u_hi", "u_lo", "T", "B", "n_h", "sync", "epilogue"])
+def bwd_split_kernel(
+    w_ptr,
+    h0_ptr,
+    c0_ptr,
+    lens_ptr,
+    out_ptr,
+    cs_ptr,
+    save_ptr,
+    dout_ptr,
+    direct_ptr,
+    dc_ptr,
+    dgi_ptr,
+    dgh_ptr,
+    dh0_ptr,
+    bar_ptr,
+    u_hi,
+    u_lo,
+    T,
+    B,
+    H,
+    n_h,
+    sync,
+    epilogue,
+    MODE: tl.constexpr,
+    NG: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    HP: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Stages ``u_hi >= u > u_lo`` of the backward on the grid of :func:`fwd_split_kernel`; stage
+    ``u`` finishes ``dh`` for step ``u - 1`` on the own columns, ``direct + sum_k dgh[u, :, k] @
+    W_k[:, cols]`` (``W_hh`` column slices kept on chip), then runs the backward of step ``u - 1``
+    there; with ``sync`` a barrier follows each stage, since the next one reads the gate
+    gradients of every column. ``direct``/``dc`` ``(B, H)`` fp32 carry the part of ``dh`` that
+    skips ``W_hh`` and the cell gradient between launches. ``epilogue`` writes ``dh0``."""
+    pid_b, pid_h = _ticket(bar_ptr, n_h, sync)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    cmask = cols < H
+    ks = tl.arange(0, HP)
+    kmask = ks < H
+    m2 = rmask[:, None] & cmask[None, :]
+    lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
+    st = rows[:, None] * H + cols[None, :]
+    gt = rows[:, None] * (NG * H) + cols[None, :]
+    sv = rows[:, None] * (4 * H) + cols[None, :]
+    grow = rows[:, None] * (NG * H) + ks[None, :]
+    wo = ks[:, None] * H + cols[None, :]  # W slice as stored (HP out, BLOCK_H in) of gate 0
+    wm = kmask[:, None] & cmask[None, :]
+    w0 = tl.load(w_ptr + wo, mask=wm, other=0.0)
+    if NG > 1:
+        w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0)
+        w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0)
+    if NG > 3:
+        w3 = tl.load(w_ptr + 3 * H * H + wo, mask=wm, other=0.0)
+    direct = tl.load(direct_ptr + st, mask=m2, other=0.0)
+    dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
+    failed = 0
+    BH = B * H
+    for s in range(u_hi - u_lo + epilogue):
+        u = u_hi - s
+        # dgh[u] is zero past the last step (u == T): mask its loads off
+        gm = (rmask & ((u + tl.zeros_like(rows)) < T))[:, None] & kmask[None, :]
+        base = dgh_ptr + u * (NG * BH) + grow
+        dh = _mm(tl.load(base, mask=gm, other=0.0, cache_modifier=".cg"), w0, direct, PRECISION, UPCAST)
+        if NG > 1:
+            a1 = tl.load(base + H, mask=gm, other=0.0, cache_modifier=".cg")
+            dh = _mm(a1, w1, dh, PRECISION, UPCAST)
+            a2 = tl.load(base + 2 * H, mask=gm, other=0.0, cache_modifier=".cg")
+            dh = _mm(a2, w2, dh, PRECISION, UPCAST)
+        if NG > 3:
+            a3 = tl.load(base + 3 * H, mask=gm, other=0.0, cache_modifier=".cg")
+            dh = _mm(a3, w3, dh, PRECISION, UPCAST)
+        if u > u_lo:
+            t = u - 1
+            valid = (t < lens)[:, None]
+            d0, d1, d2, d3, direct, dc = _bwd_cell(
+                dh, dc, t, valid, m2, st, sv, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr,
+                dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU,
+            )  # fmt: skip
+            if sync:
+                failed = _step_barrier(bar_ptr + 2 + pid_b, (s + 1) * n_h, failed)
+        else:
+            if failed:
+                dh = dh + float("nan")
+            tl.store(dh0_ptr + st, dh, mask=m2)
+    tl.store(direct_ptr + st, direct, mask=m2)
+    tl.store(dc_ptr + st, dc, mask=m2)
+    if failed:
+        tl.atomic_max(bar_ptr + 1, 1)
