@@ -176,13 +176,20 @@ def measure(prob: Problem, name: str, fn, args) -> dict:
         return {"impl": name, "error": f"{type(e).__name__}: {e}"[:300]}
 
 
-def triton_impls(mode: str, B: int, H: int, dtype: torch.dtype, extra: bool):
+ALL_EXTRA_PATHS = ("resident", "split", "gemm", "persistent", "stepwise")
+
+
+def triton_impls(mode: str, B: int, H: int, dtype: torch.dtype, extra: tuple[str, ...]):
+    """``(name, plan, is_default)`` for the default plan and each path of ``extra`` besides it
+    (``resident`` only where ``W_hh`` fits in one program)."""
     from rnnkit.engine import triton_engine as te
 
     default = te.plan_for(mode, B, H, dtype)
     paths = [default.path]
-    if extra:
-        paths += [p for p in ("split", "persistent", "stepwise") if p != default.path]
+    for p in extra:
+        fits = p != "resident" or te.plan_for(mode, B, H, dtype, p).block_h <= 128
+        if p != default.path and fits:
+            paths.append(p)
     for path in paths:
         yield f"triton:{path}", te.plan_for(mode, B, H, dtype, path), path == default.path
 
@@ -216,15 +223,14 @@ def _warm(job: tuple) -> tuple:
         return job, round(time.perf_counter() - t0, 1), f"{type(e).__name__}: {e}"[:300]
 
 
-def precompile(points: list, args) -> dict:
+def precompile(points: list, extra_paths: tuple[str, ...], args) -> dict:
     """Compile every Triton variant the run will use, in parallel worker processes."""
     from rnnkit.engine import triton_engine as te
 
     jobs = {}
     for mode, dname, (B, _T, _I, H) in points:
-        default = te.plan_for(mode, B, H, DTYPES[dname]).path
-        for path in dict.fromkeys((default, "split", "persistent")):  # stepwise: persistent's kernels
-            plan = te.plan_for(mode, B, H, DTYPES[dname], path)
+        for _name, plan, _default in triton_impls(mode, B, H, DTYPES[dname], extra_paths):
+            path = plan.path
             same = "persistent" if path == "stepwise" else path
             # the split kernels hold all of H (padded to a power of two) as one tile
             hp = te._hp(H) if path == "split" else None
@@ -257,6 +263,12 @@ def main() -> int:
         help="fp32 without TF32 in cuDNN and Triton (torch.backends.cudnn.allow_tf32)",
     )
     ap.add_argument("--workers", type=int, default=0, help="processes compiling kernels up front (0: auto)")
+    ap.add_argument(
+        "--extra-paths",
+        default=",".join(ALL_EXTRA_PATHS),
+        help="Triton paths pass 2 times besides the default, comma-separated ('' for none)",
+    )
+    ap.add_argument("--skip-fused", action="store_true", help="pass 2 leaves out rnnkit's fused engine")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu.json")
     args = ap.parse_args()
 
@@ -278,6 +290,11 @@ def main() -> int:
     if args.no_tf32:
         torch.backends.cudnn.allow_tf32 = False
     started = time.perf_counter()
+    extra_paths = tuple(p for p in args.extra_paths.split(",") if p)
+    unknown = set(extra_paths) - set(ALL_EXTRA_PATHS)
+    if unknown:
+        print(f"bench_gpu: unknown --extra-paths {sorted(unknown)}; expected some of {ALL_EXTRA_PATHS}")
+        return 2
 
     def left() -> float:
         return args.budget_s - (time.perf_counter() - started)
@@ -293,7 +310,7 @@ def main() -> int:
                         points.append((mode, dname, shape))
 
     info = machine()
-    info["compile"] = precompile(points, args)
+    info["compile"] = precompile(points, extra_paths, args)
     print(
         f"# {info['gpu']} (sm {info['capability']}), torch {info['torch']}, cuDNN {info['cudnn']}, "
         f"triton {info['triton']}; tf32: cudnn {info['cudnn_allow_tf32']}, matmul {info['matmul_allow_tf32']}"
@@ -335,11 +352,14 @@ def main() -> int:
                 expected = prob.cudnn()
             else:
                 expected = None
-                if fused is not None and fused.supports(mode, prob.x, prob.weights):
+                if args.skip_fused:
+                    pass
+                elif fused is not None and fused.supports(mode, prob.x, prob.weights):
                     row["impls"].append(measure(prob, "fused", lambda p=prob: p.engine(fused.run), args))
                 else:
                     row["impls"].append({"impl": "fused", "error": f"unsupported for {dname} on CUDA"})
-            for name, plan, is_default in triton_impls(mode, B, H, dtype, extra=pass_no == 2):
+            extra = extra_paths if pass_no == 2 else ()
+            for name, plan, is_default in triton_impls(mode, B, H, dtype, extra):
                 if is_default != (pass_no == 1) or left() <= 0:
                     continue
 

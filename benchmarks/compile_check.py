@@ -82,12 +82,15 @@ def variants():
             for mode in modes:
                 for dtype in DTYPES.values():
                     default = te.plan_for(mode, B, H, dtype).path
-                    for path in dict.fromkeys((default, "split", "persistent", "stepwise")):
+                    for path in dict.fromkeys((default, "split", "gemm", "persistent", "stepwise")):
                         plan = te.plan_for(mode, B, H, dtype, path)
                         flags = dict(te._flags(mode, "tanh", dtype), UPCAST=False)
                         if path == "resident":
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h)
                             kernels = [(K.fwd_resident_kernel, c), (K.bwd_resident_kernel, c)]
+                        elif path == "gemm":
+                            c = dict(te._cell_flags(mode, "tanh"), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h)
+                            kernels = [(K.fwd_cell_kernel, c), (K.bwd_cell_kernel, c)]
                         elif path == "split":
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=te._hp(H))
                             kernels = [(K.fwd_split_kernel, c), (K.bwd_split_kernel, c)]

@@ -177,6 +177,8 @@ def test_split_rnn_three_programs_per_tile(nonlinearity):
         ("gru", "stepwise"),
         ("lstm", "split"),
         ("gru", "split"),
+        ("lstm", "gemm"),
+        ("gru", "gemm"),
     ],
 )
 def test_bfloat16_matches_reference(mode, path):
@@ -195,7 +197,7 @@ def test_plan_for_picks_resident_for_small_and_streams_for_large():
     assert te.plan_for("lstm", 16, 64, torch.float32).path == "resident"
     assert te.plan_for("lstm", 16, 24, torch.float32).block_h == 32  # padded to a power of two
     assert te.plan_for("lstm", 16, 256, torch.bfloat16).path != "resident"
-    assert te.plan_for("lstm", 256, 1024, torch.bfloat16).path == "stepwise"
+    assert te.plan_for("lstm", 256, 1024, torch.bfloat16).path == "gemm"
     assert te.plan_for("gru", 1, 8, torch.float32, path="stepwise").path == "stepwise"
 
 
@@ -268,6 +270,20 @@ def test_gpu_larger_sizes(mode, path, dtype):
     lengths[5] = T
     plan = te.plan_for(mode, B, H, dtype, path)
     _check(mode, B, T, 33, H, dtype, plan, lengths=lengths)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cudnn_tf32", [False, True])
+def test_gpu_library_products_follow_cudnn_tf32_and_restore_the_flag(cudnn_tf32):
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    before = torch.backends.cuda.matmul.allow_tf32
+    x, state, weights = _problem("gru", 5, 4, 8, 16, torch.float32)
+    plan = te.plan_for("gru", 5, 16, torch.float32, "gemm")
+    ours = _run_and_grad(te.run, "gru", x, state, weights, None, "tanh", plan=plan)
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    theirs = _run_and_grad(reference.run, "gru", *_as64(x, state, weights), None, "tanh")
+    worst = max(_rel_err(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert worst < (3e-3 if cudnn_tf32 else 2e-5)
 
 
 @needs_cuda

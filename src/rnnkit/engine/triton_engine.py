@@ -6,13 +6,16 @@ the gate activations. Backward: one kernel walks from the last step to the first
 pre-activation gradients of every step and ``dh0``/``dc0``, then the weight and input gradients
 are large matrix products again.
 
-Four paths (see :class:`Plan`), chosen by :func:`plan_for`:
+Five paths (see :class:`Plan`), chosen by :func:`plan_for`:
 
 - ``resident``: ``W_hh`` fits in one program, which keeps it on chip for all steps; one launch.
 - ``split``: the hidden dimension is split over programs that each keep a column slice of
   ``W_hh`` on chip and meet at a barrier after every step (persistent RNNs, Diamos et al. 2016);
   one launch on a GPU. Under the interpreter (programs run one after another, so none could wait
   for another) the host launches the same kernel one step at a time.
+- ``gemm``: any size; each step's recurrent product is one library matrix product (cuBLAS) and
+  one kernel fuses the rest of the step. For large batches and hidden sizes, where a step is a
+  real matrix product rather than a latency chain.
 - ``persistent``: any ``H``; one launch, each program loops over every hidden block and streams
   ``W_hh`` from L2 each step. Parallel over batch tiles only.
 - ``stepwise``: any ``H``; one launch per step with programs split over batch tiles and hidden
@@ -49,7 +52,7 @@ __all__ = ["AVAILABLE", "INTERPRETED", "PATHS", "Plan", "plan_for", "run", "supp
 
 MODE_CODE = {"rnn": 0, "lstm": 1, "gru": 2}
 NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-PATHS = ("resident", "split", "persistent", "stepwise")
+PATHS = ("resident", "split", "gemm", "persistent", "stepwise")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 #: ``W_hh`` bytes one program may hold for the whole sequence (registers / shared memory).
@@ -59,9 +62,6 @@ RESIDENT_MAX_BYTES = 128 * 1024
 #: On-chip bytes one ``split`` program may hold: its ``W_hh`` slice (``NG * HP * block_h``) and
 #: one step's ``h`` (or gate gradient) tile (``block_b * HP``); H100: 227 KiB of shared memory.
 SPLIT_MAX_BYTES = 192 * 1024
-#: Above this many ``W_hh`` bytes per batch tile the persistent loop streams too much per
-#: program per step and launching one step at a time over many programs wins (a guess).
-PERSISTENT_MAX_BYTES = 1024 * 1024
 _INT32_MAX = 2**31 - 1
 
 
@@ -137,17 +137,14 @@ def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: 
     ``path`` forces a path (the block sizes still follow the size)."""
     HP = _hp(hidden_size)
     elt = torch.empty(0, dtype=dtype).element_size()
-    w_bytes = NUM_GATES[mode] * hidden_size * hidden_size * elt
     block_b = 16 if batch <= 128 else 32
     if path is None:
         if NUM_GATES[mode] * HP * HP * elt <= RESIDENT_MAX_BYTES:
             path = "resident"
         elif split_plan(mode, batch, hidden_size, dtype) is not None:
             path = "split"
-        elif w_bytes <= PERSISTENT_MAX_BYTES:
-            path = "persistent"
         else:
-            path = "stepwise"
+            path = "gemm"
     if path == "resident":
         # the time loop's loads (next step's projections) may be pipelined
         return Plan("resident", block_b, HP, HP, num_warps=4 if HP <= 64 else 8, num_stages=2)
@@ -155,6 +152,8 @@ def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: 
         plan = split_plan(mode, batch, hidden_size, dtype)
         # forced where it does not fit well: the smallest slices, batch tiles in several waves
         return plan if plan is not None else Plan("split", 16, 16, 16, num_warps=8)
+    if path == "gemm":  # elementwise cell kernels: (32, 64) tiles
+        return Plan("gemm", 32, min(64, HP), 16, num_warps=4, num_stages=1)
     # 64x32 tiles and 8 warps compile without register spills for sm_90 (benchmarks/compile_check.py)
     return Plan(path, block_b, block_h=min(64, HP), block_k=min(32, HP), num_warps=8, num_stages=1)
 
@@ -183,11 +182,28 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+@contextlib.contextmanager
+def _matmul_precision(dtype: torch.dtype):
+    """Library fp32 matrix products (projections, weight gradients, the ``gemm`` path's steps)
+    round like the kernels' and like cuDNN's RNNs: TF32 exactly when ``cudnn.allow_tf32``."""
+    if dtype != torch.float32 or INTERPRETED:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = _precision(dtype) == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _cell_flags(mode: str, nonlinearity: str) -> dict:
+    return dict(MODE=MODE_CODE[mode], NG=NUM_GATES[mode], RELU=nonlinearity == "relu")
+
+
 def _flags(mode: str, nonlinearity: str, dtype: torch.dtype) -> dict:
     return dict(
-        MODE=MODE_CODE[mode],
-        NG=NUM_GATES[mode],
-        RELU=nonlinearity == "relu",
+        **_cell_flags(mode, nonlinearity),
         PRECISION=_precision(dtype),
         UPCAST=INTERPRETED and dtype == torch.bfloat16,
     )
@@ -228,7 +244,8 @@ class _TritonLayer(torch.autograd.Function):
                 b_hh = torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)])
             bias = b_hh if bias is None else bias + b_hh
         x2 = x.reshape(T * B, I)  # (T*B, I)
-        xg = x2 @ w_ih.t() if bias is None else torch.addmm(bias, x2, w_ih.t())  # (T*B, G)
+        with _matmul_precision(dt):
+            xg = x2 @ w_ih.t() if bias is None else torch.addmm(bias, x2, w_ih.t())  # (T*B, G)
         xg = xg.view(T, B, G)
 
         out = torch.empty(T, B, H, dtype=dt, device=x.device)
@@ -245,6 +262,20 @@ class _TritonLayer(torch.autograd.Function):
                 xg, w_hh, b_hn, h0, c0, lens, out, cs, save, hn, cn, T, B, H,
                 BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
             )  # fmt: skip
+        elif plan.path == "gemm":
+            hn = h0.float().clone()  # the state, frozen past each sequence's end
+            cn = c0.float().clone() if mode == "lstm" else hn
+            gh = torch.empty(B, G, dtype=dt, device=x.device)
+            grid = (n_btiles, triton.cdiv(H, plan.block_h))
+            common = dict(
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **_cell_flags(mode, nonlinearity)
+            )
+            w_t = w_hh.t()
+            with _matmul_precision(dt):
+                for t in range(T):
+                    # rows past their end read a zero output: their step is discarded anyway
+                    torch.mm(h0 if t == 0 else out[t - 1], w_t, out=gh)
+                    K.fwd_cell_kernel[grid](xg, gh, b_hn, lens, hn, cn, out, cs, save, t, B, H, **common)
         elif plan.path == "split":
             hbuf = torch.empty(2, B, H, dtype=dt, device=x.device)  # h exchanged between programs
             hbuf[0] = h0
@@ -307,6 +338,24 @@ class _TritonLayer(torch.autograd.Function):
                 w_hh, h0, c0, lens, out, cs, save, dout, dh_n, dc_n, dgi, dgh, dh0, dc0, T, B, H,
                 BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
             )  # fmt: skip
+        elif plan.path == "gemm":
+            direct = dh_n.clone()
+            dc0 = dc_n.clone()
+            rec = torch.empty(B, H, dtype=dt, device=dev)
+            grid = (n_btiles, triton.cdiv(H, plan.block_h))
+            common = dict(
+                BLOCK_B=plan.block_b,
+                BLOCK_H=plan.block_h,
+                **_launch(plan),
+                **_cell_flags(mode, ctx.nonlinearity),
+            )
+            args = (rec, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh)
+            with _matmul_precision(dt):
+                for t in range(T - 1, -1, -1):
+                    if t < T - 1:
+                        torch.mm(dgh[t + 1], w_hh, out=rec)
+                    K.bwd_cell_kernel[grid](*args, t, B, H, int(t < T - 1), **common)
+                dh0.copy_(direct + (dgh[0] @ w_hh).float())
         elif plan.path == "split":
             direct = dh_n.clone()
             dc0 = dc_n.clone()
@@ -337,14 +386,17 @@ class _TritonLayer(torch.autograd.Function):
 
         dgi2 = dgi.view(T * B, G)  # (T*B, G)
         dgh2 = dgh.view(T * B, G)
-        dx = (dgi2 @ w_ih).view(T, B, I) if ctx.needs_input_grad[0] else None
-        dw_ih = dgi2.t() @ x.reshape(T * B, I) if ctx.needs_input_grad[3] else None
-        dw_hh = None
-        if ctx.needs_input_grad[4]:
-            # h before step t is h0 at t = 0 and out[t - 1] after (where it matters: valid steps)
-            dw_hh = dgh[0].t() @ h0
-            if T > 1:
-                dw_hh = dw_hh + dgh2[B:].t() @ out[:-1].reshape((T - 1) * B, H)
+        dx = dw_ih = dw_hh = None
+        with _matmul_precision(dt):
+            if ctx.needs_input_grad[0]:
+                dx = (dgi2 @ w_ih).view(T, B, I)
+            if ctx.needs_input_grad[3]:
+                dw_ih = dgi2.t() @ x.reshape(T * B, I)
+            if ctx.needs_input_grad[4]:
+                # h before step t is h0 at t = 0 and out[t - 1] after (where it matters: valid steps)
+                dw_hh = dgh[0].t() @ h0
+                if T > 1:
+                    dw_hh = torch.addmm(dw_hh, dgh2[B:].t(), out[:-1].reshape((T - 1) * B, H))
         has_bih, has_bhh = ctx.bias_flags
         db_ih = (
             torch.sum(dgi2, 0, dtype=torch.float32).to(dt) if has_bih and ctx.needs_input_grad[5] else None

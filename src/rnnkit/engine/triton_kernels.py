@@ -5,22 +5,29 @@ The input projections of every step are one large matrix product done by the cal
 ``MODE`` selects the cell: 0 RNN (``RELU`` picks relu over tanh), 1 LSTM, 2 GRU; ``NG`` is the
 number of gate blocks (1, 4, 3) so ``G = NG * H``.
 
-Two families:
+Three families, sharing one cell's arithmetic (:func:`_fwd_cell`, :func:`_bwd_cell`):
 
 - ``*_resident_kernel``: the fast path when the whole ``W_hh`` fits in one program. One launch
-  covers all ``T`` steps; each program owns ``BLOCK_B`` batch rows, loads ``W_hh`` once into
-  registers before the time loop and keeps ``h`` (and ``c``, ``dh``, ``dc``) there, so a step
-  costs ``NG`` small matrix products plus fused gate arithmetic and no global round trip.
+  covers all ``T`` steps; each program owns ``BLOCK_B`` batch rows, loads ``W_hh`` once before
+  the time loop and keeps ``h`` (and ``c``, ``dh``, ``dc``) in registers, so a step costs ``NG``
+  small matrix products plus fused gate arithmetic and no global round trip.
+- ``*_split_kernel``: the hidden dimension split over programs that each keep a column slice of
+  ``W_hh`` on chip and meet at a barrier after every step (one launch on a GPU).
 - ``*_blocked_kernel``: any hidden size. ``h`` lives in a small fp32 workspace and ``W_hh`` is
   read tile by tile (from L2) every step. With ``sync`` one program loops over every hidden
   block and all steps (one launch, a barrier between steps); without it the host launches one
-  step at a time on a grid split over the hidden dimension, since programs cannot wait on each
-  other (and the interpreter runs programs one after another, so spin-waits would deadlock).
+  step at a time on a grid split over the hidden dimension.
+
+The interpreter runs programs one after another, so no program may wait for another there: the
+host then launches the split and blocked kernels one step at a time (``sync`` off).
+
+The loads a step needs that do not depend on the recurrence (the input projections forward; the
+saved activations and the output gradient backward) are issued one step ahead in the resident
+and split kernels, so their latency hides behind the current step's arithmetic.
 
 Compiled variants are kept few, since each costs seconds to build: the time bounds, ``B`` and
-the blocked kernels' launch options (``hb_per_prog``, ``sync``, ``epilogue``) are runtime
-arguments that Triton does not specialise on (``do_not_specialize``), so the stepwise path does
-not compile a variant per step and both blocked paths share one.
+the launch options (``hb_per_prog``, ``n_h``, ``sync``, ``epilogue``) are runtime arguments that
+Triton does not specialise on (``do_not_specialize``).
 
 Layouts (all contiguous): ``xg`` ``(T, B, G)`` input projections with biases folded in (GRU
 keeps ``b_hn`` apart, the reset gate scales it); ``w`` ``(G, H)`` = ``weight_hh``; ``out``
@@ -66,6 +73,201 @@ def _load_prev(first_ptr, seq_ptr, t, off, mask, BH):
     return a + b
 
 
+@triton.jit
+def _load_gates(ptr, mask, H, NG: tl.constexpr):
+    """The ``NG`` gate tiles at ``ptr + k * H`` in fp32 (absent gates repeat gate 0)."""
+    x0 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    x1 = x0
+    x2 = x0
+    x3 = x0
+    if NG > 1:
+        x1 = tl.load(ptr + H, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(ptr + 2 * H, mask=mask, other=0.0).to(tl.float32)
+    if NG > 3:
+        x3 = tl.load(ptr + 3 * H, mask=mask, other=0.0).to(tl.float32)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _hidden_products(
+    hb, w0, w1, w2, w3, x0, x1, x2, x3, NG: tl.constexpr, MODE: tl.constexpr, PRECISION, UPCAST
+):
+    """Pre-activations ``x_k + h W_k^T`` of each gate on a tile (``hb`` cast for the product,
+    ``w*`` the transposed weight tiles); GRU's third is ``h W_hn^T`` alone."""
+    p0 = _mm(hb, w0, x0, PRECISION, UPCAST)
+    p1 = p0
+    p2 = p0
+    p3 = p0
+    if NG > 1:
+        p1 = _mm(hb, w1, x1, PRECISION, UPCAST)
+        if MODE == 2:
+            p2 = _mm(hb, w2, tl.zeros_like(x2), PRECISION, UPCAST)
+        else:
+            p2 = _mm(hb, w2, x2, PRECISION, UPCAST)
+    if NG > 3:
+        p3 = _mm(hb, w3, x3, PRECISION, UPCAST)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _fwd_cell(p0, p1, p2, p3, x2, h, c, bhn, MODE: tl.constexpr, RELU: tl.constexpr):
+    """One step's cell arithmetic on a tile. ``p*`` the gate pre-activations (input and hidden
+    parts with biases), except GRU's ``p2``: ``h W_hn^T`` alone, ``x2`` being its input part.
+    Returns ``(h_new, c_new, s0, s1, s2, s3)``, ``s*`` what the backward reads back (LSTM
+    ``i, f, g, o``; GRU ``r, z, n, h W_hn^T + b_hn``; RNN none: ``h_new``)."""
+    if MODE == 0:
+        if RELU:
+            h_new = tl.maximum(p0, 0.0)
+        else:
+            h_new = _tanh(p0)
+        c_new = c
+        s0 = h_new
+        s1 = h_new
+        s2 = h_new
+        s3 = h_new
+    elif MODE == 1:
+        s0 = _sigmoid(p0)
+        s1 = _sigmoid(p1)
+        s2 = _tanh(p2)
+        s3 = _sigmoid(p3)
+        c_new = s1 * c + s0 * s2
+        h_new = s3 * _tanh(c_new)
+    else:
+        s0 = _sigmoid(p0)
+        s1 = _sigmoid(p1)
+        s3 = p2 + bhn[None, :]
+        s2 = _tanh(x2 + s0 * s3)
+        h_new = (1.0 - s1) * s2 + s1 * h
+        c_new = c
+    return h_new, c_new, s0, s1, s2, s3
+
+
+@triton.jit
+def _store_saved(save_ptr, off, s0, s1, s2, s3, mask, H, MODE: tl.constexpr):
+    """Store what the backward reads back of one step (LSTM and GRU; the RNN keeps only ``out``)."""
+    if MODE != 0:
+        dt = save_ptr.dtype.element_ty
+        tl.store(save_ptr + off, s0.to(dt), mask=mask)
+        tl.store(save_ptr + off + H, s1.to(dt), mask=mask)
+        tl.store(save_ptr + off + 2 * H, s2.to(dt), mask=mask)
+        tl.store(save_ptr + off + 3 * H, s3.to(dt), mask=mask)
+
+
+@triton.jit
+def _bwd_loads(t, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE: tl.constexpr):
+    """What the backward of step ``t`` reads besides the state gradients, in fp32 (all zero for
+    ``t < 0``, so a loop may fetch step ``t - 1`` while it works on step ``t``):
+    ``(dout_t, s0, s1, s2, s3, a, b)``, ``s*`` as :func:`_fwd_cell` saved them and ``a, b``:
+    LSTM ``c_t, c_{t-1}``; GRU ``h_{t-1}``; RNN ``h_t``."""
+    BH = B * H
+    m = m2 & ((t + tl.zeros_like(st)) >= 0)
+    dout = tl.load(dout_ptr + t * BH + st, mask=m, other=0.0).to(tl.float32)
+    if MODE == 0:
+        a = tl.load(out_ptr + t * BH + st, mask=m, other=0.0).to(tl.float32)
+        s0 = a
+        s1 = a
+        s2 = a
+        s3 = a
+        b = a
+    else:
+        sp = save_ptr + t * (4 * BH) + sv
+        s0 = tl.load(sp, mask=m, other=0.0).to(tl.float32)
+        s1 = tl.load(sp + H, mask=m, other=0.0).to(tl.float32)
+        s2 = tl.load(sp + 2 * H, mask=m, other=0.0).to(tl.float32)
+        s3 = tl.load(sp + 3 * H, mask=m, other=0.0).to(tl.float32)
+        if MODE == 1:
+            a = tl.load(cs_ptr + t * BH + st, mask=m, other=0.0).to(tl.float32)
+            b = _load_prev(c0_ptr, cs_ptr, t, st, m, BH)
+        else:
+            a = _load_prev(h0_ptr, out_ptr, t, st, m, BH)
+            b = a
+    return dout, s0, s1, s2, s3, a, b
+
+
+@triton.jit
+def _bwd_cell(
+    dh,
+    dc,
+    t,
+    valid,
+    dout,
+    s0,
+    s1,
+    s2,
+    s3,
+    a,
+    b,
+    m2,
+    gt,
+    dgi_ptr,
+    dgh_ptr,
+    B,
+    H,
+    MODE: tl.constexpr,
+    NG: tl.constexpr,
+    RELU: tl.constexpr,
+):
+    """Backward of step ``t`` on one tile from :func:`_bwd_loads`' values: stores the gate
+    gradients and returns ``(d0, d1, d2, d3, direct, dc_prev)`` where ``d*`` are the hidden-side
+    pre-activation gradients (cast for the ``W_hh`` product) and ``direct`` the part of
+    ``dh_prev`` that does not go through ``W_hh``. Invalid rows get zero gate gradients and pass
+    ``dh``/``dc`` through."""
+    dht = dh + dout
+    gi = dgi_ptr + t * (NG * B * H) + gt
+    cdt = dgi_ptr.dtype.element_ty
+    if MODE == 0:
+        if RELU:
+            dp = tl.where(a > 0.0, dht, 0.0)
+        else:
+            dp = dht * (1.0 - a * a)
+        d0 = tl.where(valid, dp, 0.0).to(cdt)
+        tl.store(gi, d0, mask=m2)
+        d1 = d0
+        d2 = d0
+        d3 = d0
+        direct = tl.where(valid, 0.0, dh)
+        dc_prev = dc
+    elif MODE == 1:
+        i = s0
+        f = s1
+        g = s2
+        o = s3
+        c_p = b
+        tc = _tanh(a)  # a: c_t
+        dct = dc + dht * o * (1.0 - tc * tc)
+        d0 = tl.where(valid, dct * g * i * (1.0 - i), 0.0).to(cdt)
+        d1 = tl.where(valid, dct * c_p * f * (1.0 - f), 0.0).to(cdt)
+        d2 = tl.where(valid, dct * i * (1.0 - g * g), 0.0).to(cdt)
+        d3 = tl.where(valid, dht * tc * o * (1.0 - o), 0.0).to(cdt)
+        tl.store(gi, d0, mask=m2)
+        tl.store(gi + H, d1, mask=m2)
+        tl.store(gi + 2 * H, d2, mask=m2)
+        tl.store(gi + 3 * H, d3, mask=m2)
+        direct = tl.where(valid, 0.0, dh)
+        dc_prev = tl.where(valid, dct * f, dc)
+    else:
+        r = s0
+        z = s1
+        n = s2
+        hn = s3
+        hp = a
+        dpn = dht * (1.0 - z) * (1.0 - n * n)
+        d0 = tl.where(valid, dpn * hn * r * (1.0 - r), 0.0).to(cdt)
+        d1 = tl.where(valid, dht * (hp - n) * z * (1.0 - z), 0.0).to(cdt)
+        d2 = tl.where(valid, dpn * r, 0.0).to(cdt)  # through W_hn h + b_hn
+        d3 = d2
+        tl.store(gi, d0, mask=m2)
+        tl.store(gi + H, d1, mask=m2)
+        tl.store(gi + 2 * H, tl.where(valid, dpn, 0.0).to(cdt), mask=m2)  # through W_in x + b_in
+        gh = dgh_ptr + t * (NG * B * H) + gt
+        tl.store(gh, d0, mask=m2)
+        tl.store(gh + H, d1, mask=m2)
+        tl.store(gh + 2 * H, d2, mask=m2)
+        direct = tl.where(valid, dht * z, dh)
+        dc_prev = dc
+    return d0, d1, d2, d3, direct, dc_prev
+
+
 # ----------------------------------------------------------------------------------------------
 # Fast path: W_hh resident in one program
 # ----------------------------------------------------------------------------------------------
@@ -109,149 +311,42 @@ def fwd_resident_kernel(
     wt = cols[None, :] * H + cols[:, None]
     wm = cmask[None, :] & cmask[:, None]
     w0 = tl.load(w_ptr + wt, mask=wm, other=0.0)
+    w1 = w0
+    w2 = w0
+    w3 = w0
     if NG > 1:
         w1 = tl.load(w_ptr + H * H + wt, mask=wm, other=0.0)
         w2 = tl.load(w_ptr + 2 * H * H + wt, mask=wm, other=0.0)
     if NG > 3:
         w3 = tl.load(w_ptr + 3 * H * H + wt, mask=wm, other=0.0)
-    if MODE == 2:
-        bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     h = tl.load(h0_ptr + st, mask=m2, other=0.0).to(tl.float32)
+    c = h
     if MODE == 1:
         c = tl.load(c0_ptr + st, mask=m2, other=0.0).to(tl.float32)
-    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     BH = B * H
+    x0, x1, x2, x3 = _load_gates(xg_ptr + gt, m2, H, NG)
     for t in range(T):
         valid = (t < lens)[:, None]
+        # the next step's input projections, fetched while this step computes
+        nm = m2 & ((t + 1 + tl.zeros_like(rows)) < T)[:, None]
+        n0, n1, n2, n3 = _load_gates(xg_ptr + (t + 1) * (NG * BH) + gt, nm, H, NG)
         hb = h.to(w_ptr.dtype.element_ty)
-        xg = xg_ptr + t * (B * NG * H) + gt
-        if MODE == 0:
-            a = _mm(hb, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST)
-            if RELU:
-                h_new = tl.maximum(a, 0.0)
-            else:
-                h_new = _tanh(a)
-        elif MODE == 1:
-            i = _sigmoid(_mm(hb, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
-            f = _sigmoid(_mm(hb, w1, tl.load(xg + H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
-            g = _tanh(_mm(hb, w2, tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
-            o = _sigmoid(
-                _mm(hb, w3, tl.load(xg + 3 * H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST)
-            )
-            c_new = f * c + i * g
-            h_new = o * _tanh(c_new)
-            sp = save_ptr + t * (4 * BH) + sv
-            tl.store(sp, i.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + H, f.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + 2 * H, g.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + 3 * H, o.to(save_ptr.dtype.element_ty), mask=m2)
+        p0, p1, p2, p3 = _hidden_products(hb, w0, w1, w2, w3, x0, x1, x2, x3, NG, MODE, PRECISION, UPCAST)
+        h_new, c_new, s0, s1, s2, s3 = _fwd_cell(p0, p1, p2, p3, x2, h, c, bhn, MODE, RELU)
+        _store_saved(save_ptr, t * (4 * BH) + sv, s0, s1, s2, s3, m2, H, MODE)
+        if MODE == 1:
             c = tl.where(valid, c_new, c)
             tl.store(cs_ptr + t * BH + st, c.to(cs_ptr.dtype.element_ty), mask=m2)
-        else:
-            r = _sigmoid(_mm(hb, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
-            z = _sigmoid(_mm(hb, w1, tl.load(xg + H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
-            hn = _mm(hb, w2, zero, PRECISION, UPCAST) + bhn[None, :]
-            n = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + r * hn)
-            h_new = (1.0 - z) * n + z * h
-            sp = save_ptr + t * (4 * BH) + sv
-            tl.store(sp, r.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + H, z.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + 2 * H, n.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + 3 * H, hn.to(save_ptr.dtype.element_ty), mask=m2)
         h = tl.where(valid, h_new, h)
         tl.store(out_ptr + t * BH + st, tl.where(valid, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=m2)
+        x0 = n0
+        x1 = n1
+        x2 = n2
+        x3 = n3
     tl.store(hn_ptr + st, h, mask=m2)
     if MODE == 1:
         tl.store(cn_ptr + st, c, mask=m2)
-
-
-@triton.jit
-def _bwd_cell(
-    dh,
-    dc,
-    t,
-    valid,
-    m2,
-    st,
-    sv,
-    gt,
-    h0_ptr,
-    c0_ptr,
-    out_ptr,
-    cs_ptr,
-    save_ptr,
-    dout_ptr,
-    dgi_ptr,
-    dgh_ptr,
-    B,
-    H,
-    MODE: tl.constexpr,
-    NG: tl.constexpr,
-    RELU: tl.constexpr,
-):
-    """Backward of one step on one tile: stores the gate gradients and returns
-    ``(d0, d1, d2, d3, direct, dc_prev)`` where ``d*`` are the hidden-side pre-activation
-    gradients (cast for the ``W_hh`` product) and ``direct`` the part of ``dh_prev`` that does
-    not go through ``W_hh``. Invalid rows get zero gate gradients and pass ``dh``/``dc`` through."""
-    BH = B * H
-    dht = dh + tl.load(dout_ptr + t * BH + st, mask=m2, other=0.0).to(tl.float32)
-    gi = dgi_ptr + t * (NG * BH) + gt
-    cdt = dgi_ptr.dtype.element_ty
-    if MODE == 0:
-        ht = tl.load(out_ptr + t * BH + st, mask=m2, other=0.0).to(tl.float32)
-        if RELU:
-            dp = tl.where(ht > 0.0, dht, 0.0)
-        else:
-            dp = dht * (1.0 - ht * ht)
-        d0 = tl.where(valid, dp, 0.0).to(cdt)
-        tl.store(gi, d0, mask=m2)
-        d1 = d0
-        d2 = d0
-        d3 = d0
-        direct = tl.where(valid, 0.0, dh)
-        dc_prev = dc
-    elif MODE == 1:
-        sp = save_ptr + t * (4 * BH) + sv
-        i = tl.load(sp, mask=m2, other=0.0).to(tl.float32)
-        f = tl.load(sp + H, mask=m2, other=0.0).to(tl.float32)
-        g = tl.load(sp + 2 * H, mask=m2, other=0.0).to(tl.float32)
-        o = tl.load(sp + 3 * H, mask=m2, other=0.0).to(tl.float32)
-        c_t = tl.load(cs_ptr + t * BH + st, mask=m2, other=0.0).to(tl.float32)
-        c_p = _load_prev(c0_ptr, cs_ptr, t, st, m2, BH)
-        tc = _tanh(c_t)
-        dct = dc + dht * o * (1.0 - tc * tc)
-        d0 = tl.where(valid, dct * g * i * (1.0 - i), 0.0).to(cdt)
-        d1 = tl.where(valid, dct * c_p * f * (1.0 - f), 0.0).to(cdt)
-        d2 = tl.where(valid, dct * i * (1.0 - g * g), 0.0).to(cdt)
-        d3 = tl.where(valid, dht * tc * o * (1.0 - o), 0.0).to(cdt)
-        tl.store(gi, d0, mask=m2)
-        tl.store(gi + H, d1, mask=m2)
-        tl.store(gi + 2 * H, d2, mask=m2)
-        tl.store(gi + 3 * H, d3, mask=m2)
-        direct = tl.where(valid, 0.0, dh)
-        dc_prev = tl.where(valid, dct * f, dc)
-    else:
-        sp = save_ptr + t * (4 * BH) + sv
-        r = tl.load(sp, mask=m2, other=0.0).to(tl.float32)
-        z = tl.load(sp + H, mask=m2, other=0.0).to(tl.float32)
-        n = tl.load(sp + 2 * H, mask=m2, other=0.0).to(tl.float32)
-        hn = tl.load(sp + 3 * H, mask=m2, other=0.0).to(tl.float32)
-        hp = _load_prev(h0_ptr, out_ptr, t, st, m2, BH)
-        dpn = dht * (1.0 - z) * (1.0 - n * n)
-        d0 = tl.where(valid, dpn * hn * r * (1.0 - r), 0.0).to(cdt)
-        d1 = tl.where(valid, dht * (hp - n) * z * (1.0 - z), 0.0).to(cdt)
-        d2 = tl.where(valid, dpn * r, 0.0).to(cdt)  # through W_hn h + b_hn
-        d3 = d2
-        tl.store(gi, d0, mask=m2)
-        tl.store(gi + H, d1, mask=m2)
-        tl.store(gi + 2 * H, tl.where(valid, dpn, 0.0).to(cdt), mask=m2)  # through W_in x + b_in
-        gh = dgh_ptr + t * (NG * BH) + gt
-        tl.store(gh, d0, mask=m2)
-        tl.store(gh + H, d1, mask=m2)
-        tl.store(gh + 2 * H, d2, mask=m2)
-        direct = tl.where(valid, dht * z, dh)
-        dc_prev = dc
-    return d0, d1, d2, d3, direct, dc_prev
 
 
 @triton.jit(do_not_specialize=["T", "B"])
@@ -302,13 +397,19 @@ def bwd_resident_kernel(
         w3 = tl.load(w_ptr + 3 * H * H + wo, mask=wm, other=0.0)
     dh = tl.load(dhn_ptr + st, mask=m2, other=0.0).to(tl.float32)
     dc = tl.load(dcn_ptr + st, mask=m2, other=0.0).to(tl.float32)
+    l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
+        T - 1, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+    )
     for s in range(T):
         t = T - 1 - s
         valid = (t < lens)[:, None]
+        # the previous step's reads, fetched while this step computes
+        n0, n1, n2, n3, n4, n5, n6 = _bwd_loads(
+            t - 1, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+        )
         d0, d1, d2, d3, direct, dc = _bwd_cell(
-            dh, dc, t, valid, m2, st, sv, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr,
-            dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU,
-        )  # fmt: skip
+            dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU
+        )
         acc = _mm(d0, w0, direct, PRECISION, UPCAST)
         if NG > 1:
             acc = _mm(d1, w1, acc, PRECISION, UPCAST)
@@ -316,6 +417,13 @@ def bwd_resident_kernel(
         if NG > 3:
             acc = _mm(d3, w3, acc, PRECISION, UPCAST)
         dh = acc
+        l0 = n0
+        l1 = n1
+        l2 = n2
+        l3 = n3
+        l4 = n4
+        l5 = n5
+        l6 = n6
     tl.store(dh0_ptr + st, dh, mask=m2)
     tl.store(dc0_ptr + st, dc, mask=m2)
 
@@ -374,10 +482,15 @@ def fwd_blocked_kernel(
             cmask = cols < H
             m2 = rmask[:, None] & cmask[None, :]
             st = rows[:, None] * H + cols[None, :]
-            acc0 = zero
-            acc1 = zero
-            acc2 = zero
-            acc3 = zero
+            x0, x1, x2, x3 = _load_gates(
+                xg_ptr + t * (NG * BH) + rows[:, None] * (NG * H) + cols[None, :], m2, H, NG
+            )
+            acc0 = x0
+            acc1 = x1
+            acc2 = x2
+            if MODE == 2:
+                acc2 = zero  # GRU: W_hn h stays apart from its input part
+            acc3 = x3
             for k0 in range(0, H, BLOCK_K):
                 ks = k0 + kk
                 kmask = ks < H
@@ -396,40 +509,17 @@ def fwd_blocked_kernel(
                 if NG > 3:
                     acc3 = _mm(hk, tl.load(wt + 3 * H * H, mask=wm, other=0.0), acc3, PRECISION, UPCAST)
             h = tl.load(src + st, mask=m2, other=0.0, cache_modifier=".cg")
-            xg = xg_ptr + t * (NG * BH) + rows[:, None] * (NG * H) + cols[None, :]
-            sp = save_ptr + t * (4 * BH) + rows[:, None] * (4 * H) + cols[None, :]
-            if MODE == 0:
-                a = acc0 + tl.load(xg, mask=m2, other=0.0).to(tl.float32)
-                if RELU:
-                    h_new = tl.maximum(a, 0.0)
-                else:
-                    h_new = _tanh(a)
-            elif MODE == 1:
-                i = _sigmoid(acc0 + tl.load(xg, mask=m2, other=0.0).to(tl.float32))
-                f = _sigmoid(acc1 + tl.load(xg + H, mask=m2, other=0.0).to(tl.float32))
-                g = _tanh(acc2 + tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32))
-                o = _sigmoid(acc3 + tl.load(xg + 3 * H, mask=m2, other=0.0).to(tl.float32))
+            c = h
+            if MODE == 1:
                 c = tl.load(cbuf_ptr + st, mask=m2, other=0.0)
-                c_new = f * c + i * g
-                h_new = o * _tanh(c_new)
-                tl.store(sp, i.to(save_ptr.dtype.element_ty), mask=m2)
-                tl.store(sp + H, f.to(save_ptr.dtype.element_ty), mask=m2)
-                tl.store(sp + 2 * H, g.to(save_ptr.dtype.element_ty), mask=m2)
-                tl.store(sp + 3 * H, o.to(save_ptr.dtype.element_ty), mask=m2)
+            bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            h_new, c_new, s0, s1, s2, s3 = _fwd_cell(acc0, acc1, acc2, acc3, x2, h, c, bhn, MODE, RELU)
+            sv = rows[:, None] * (4 * H) + cols[None, :]
+            _store_saved(save_ptr, t * (4 * BH) + sv, s0, s1, s2, s3, m2, H, MODE)
+            if MODE == 1:
                 c = tl.where(valid, c_new, c)
                 tl.store(cbuf_ptr + st, c, mask=m2)
                 tl.store(cs_ptr + t * BH + st, c.to(cs_ptr.dtype.element_ty), mask=m2)
-            else:
-                bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-                r = _sigmoid(acc0 + tl.load(xg, mask=m2, other=0.0).to(tl.float32))
-                z = _sigmoid(acc1 + tl.load(xg + H, mask=m2, other=0.0).to(tl.float32))
-                hn = acc2 + bhn[None, :]
-                n = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + r * hn)
-                h_new = (1.0 - z) * n + z * h
-                tl.store(sp, r.to(save_ptr.dtype.element_ty), mask=m2)
-                tl.store(sp + H, z.to(save_ptr.dtype.element_ty), mask=m2)
-                tl.store(sp + 2 * H, n.to(save_ptr.dtype.element_ty), mask=m2)
-                tl.store(sp + 3 * H, hn.to(save_ptr.dtype.element_ty), mask=m2)
             tl.store(dst + st, tl.where(valid, h_new, h), mask=m2)
             tl.store(out_ptr + t * BH + st, tl.where(valid, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=m2)
         if sync:
@@ -526,6 +616,9 @@ def bwd_blocked_kernel(
             st = rows[:, None] * H + cols[None, :]
             gt = rows[:, None] * (NG * H) + cols[None, :]
             sv = rows[:, None] * (4 * H) + cols[None, :]
+            l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
+                t, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+            )
             dh = _hidden_grad_block(
                 dgh_ptr,
                 w_ptr,
@@ -545,9 +638,8 @@ def bwd_blocked_kernel(
             )
             dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
             d0, d1, d2, d3, direct, dc = _bwd_cell(
-                dh, dc, t, valid, m2, st, sv, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr,
-                dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU,
-            )  # fmt: skip
+                dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU
+            )
             tl.store(direct_ptr + st, direct, mask=m2)
             if MODE == 1:
                 tl.store(dc_ptr + st, dc, mask=m2)
@@ -671,55 +763,36 @@ def fwd_split_kernel(
     wt = cols[None, :] * H + ks[:, None]  # W^T slice (HP in, BLOCK_H out) of gate 0
     wm = kmask[:, None] & cmask[None, :]
     w0 = tl.load(w_ptr + wt, mask=wm, other=0.0)
+    w1 = w0
+    w2 = w0
+    w3 = w0
     if NG > 1:
         w1 = tl.load(w_ptr + H * H + wt, mask=wm, other=0.0)
         w2 = tl.load(w_ptr + 2 * H * H + wt, mask=wm, other=0.0)
     if NG > 3:
         w3 = tl.load(w_ptr + 3 * H * H + wt, mask=wm, other=0.0)
-    if MODE == 2:
-        bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     h = tl.load(hst_ptr + st, mask=m2, other=0.0)
+    c = h
     if MODE == 1:
         c = tl.load(cst_ptr + st, mask=m2, other=0.0)
-    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     failed = 0
     BH = B * H
+    gt = rows[:, None] * (NG * H) + cols[None, :]
+    sv = rows[:, None] * (4 * H) + cols[None, :]
+    x0, x1, x2, x3 = _load_gates(xg_ptr + t_begin * (NG * BH) + gt, m2, H, NG)
     for t in range(t_begin, t_end):
         valid = (t < lens)[:, None]
+        # the next step's input projections, fetched while this step waits and computes
+        nm = m2 & ((t + 1 + tl.zeros_like(rows)) < t_end)[:, None]
+        n0, n1, n2, n3 = _load_gates(xg_ptr + (t + 1) * (NG * BH) + gt, nm, H, NG)
         hk = tl.load(hx_ptr + (t % 2) * BH + hrow, mask=hm, other=0.0, cache_modifier=".cg")
-        xg = xg_ptr + t * (NG * BH) + rows[:, None] * (NG * H) + cols[None, :]
-        sp = save_ptr + t * (4 * BH) + rows[:, None] * (4 * H) + cols[None, :]
-        if MODE == 0:
-            a = _mm(hk, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST)
-            if RELU:
-                h_new = tl.maximum(a, 0.0)
-            else:
-                h_new = _tanh(a)
-        elif MODE == 1:
-            i = _sigmoid(_mm(hk, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
-            f = _sigmoid(_mm(hk, w1, tl.load(xg + H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
-            g = _tanh(_mm(hk, w2, tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
-            o = _sigmoid(
-                _mm(hk, w3, tl.load(xg + 3 * H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST)
-            )
-            c_new = f * c + i * g
-            h_new = o * _tanh(c_new)
-            tl.store(sp, i.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + H, f.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + 2 * H, g.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + 3 * H, o.to(save_ptr.dtype.element_ty), mask=m2)
+        p0, p1, p2, p3 = _hidden_products(hk, w0, w1, w2, w3, x0, x1, x2, x3, NG, MODE, PRECISION, UPCAST)
+        h_new, c_new, s0, s1, s2, s3 = _fwd_cell(p0, p1, p2, p3, x2, h, c, bhn, MODE, RELU)
+        _store_saved(save_ptr, t * (4 * BH) + sv, s0, s1, s2, s3, m2, H, MODE)
+        if MODE == 1:
             c = tl.where(valid, c_new, c)
             tl.store(cs_ptr + t * BH + st, c.to(cs_ptr.dtype.element_ty), mask=m2)
-        else:
-            r = _sigmoid(_mm(hk, w0, tl.load(xg, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
-            z = _sigmoid(_mm(hk, w1, tl.load(xg + H, mask=m2, other=0.0).to(tl.float32), PRECISION, UPCAST))
-            hn = _mm(hk, w2, zero, PRECISION, UPCAST) + bhn[None, :]
-            n = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + r * hn)
-            h_new = (1.0 - z) * n + z * h
-            tl.store(sp, r.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + H, z.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + 2 * H, n.to(save_ptr.dtype.element_ty), mask=m2)
-            tl.store(sp + 3 * H, hn.to(save_ptr.dtype.element_ty), mask=m2)
         h = tl.where(valid, h_new, h)
         tl.store(hx_ptr + ((t + 1) % 2) * BH + st, h.to(hx_ptr.dtype.element_ty), mask=m2)
         y = tl.where(valid, h_new, 0.0)
@@ -727,6 +800,10 @@ def fwd_split_kernel(
             failed = _step_barrier(bar_ptr + 2 + pid_b, (t - t_begin + 1) * n_h, failed)
             y = tl.where(failed + tl.zeros_like(rows)[:, None] > 0, float("nan"), y)
         tl.store(out_ptr + t * BH + st, y.to(out_ptr.dtype.element_ty), mask=m2)
+        x0 = n0
+        x1 = n1
+        x2 = n2
+        x3 = n3
     tl.store(hst_ptr + st, h, mask=m2)
     if MODE == 1:
         tl.store(cst_ptr + st, c, mask=m2)
@@ -798,8 +875,18 @@ def bwd_split_kernel(
     dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
     failed = 0
     BH = B * H
+    l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
+        u_hi - 1, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+    )
     for s in range(u_hi - u_lo + epilogue):
         u = u_hi - s
+        # the next stage's reads, fetched while this one waits and computes (none past u_lo)
+        nt = u - 2
+        if u - 1 <= u_lo:
+            nt = -1
+        n0, n1, n2, n3, n4, n5, n6 = _bwd_loads(
+            nt, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+        )
         # dgh[u] is zero past the last step (u == T): mask its loads off
         gm = (rmask & ((u + tl.zeros_like(rows)) < T))[:, None] & kmask[None, :]
         base = dgh_ptr + u * (NG * BH) + grow
@@ -816,16 +903,132 @@ def bwd_split_kernel(
             t = u - 1
             valid = (t < lens)[:, None]
             d0, d1, d2, d3, direct, dc = _bwd_cell(
-                dh, dc, t, valid, m2, st, sv, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr,
-                dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU,
-            )  # fmt: skip
+                dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU
+            )
             if sync:
                 failed = _step_barrier(bar_ptr + 2 + pid_b, (s + 1) * n_h, failed)
         else:
             if failed:
                 dh = dh + float("nan")
             tl.store(dh0_ptr + st, dh, mask=m2)
+        l0 = n0
+        l1 = n1
+        l2 = n2
+        l3 = n3
+        l4 = n4
+        l5 = n5
+        l6 = n6
     tl.store(direct_ptr + st, direct, mask=m2)
     tl.store(dc_ptr + st, dc, mask=m2)
     if failed:
         tl.atomic_max(bar_ptr + 1, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Large sizes: the recurrent product of each step is a library matrix product (cuBLAS) made by
+# the host; these kernels fuse the rest of the step
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["t", "B"])
+def fwd_cell_kernel(
+    xg_ptr,
+    gh_ptr,
+    bhn_ptr,
+    lens_ptr,
+    hst_ptr,
+    cst_ptr,
+    out_ptr,
+    cs_ptr,
+    save_ptr,
+    t,
+    B,
+    H,
+    MODE: tl.constexpr,
+    NG: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """Step ``t`` on a ``(batch tiles, hidden blocks)`` grid from ``gh`` ``(B, G)`` = ``h_{t-1}
+    W_hh^T``: gate arithmetic, saved values, ``out[t]``; ``hst``/``cst`` ``(B, H)`` fp32 hold the
+    state (frozen past each sequence's end)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    cmask = cols < H
+    m2 = rmask[:, None] & cmask[None, :]
+    st = rows[:, None] * H + cols[None, :]
+    gt = rows[:, None] * (NG * H) + cols[None, :]
+    sv = rows[:, None] * (4 * H) + cols[None, :]
+    BH = B * H
+    valid = (t < tl.load(lens_ptr + rows, mask=rmask, other=0))[:, None]
+    x0, x1, x2, x3 = _load_gates(xg_ptr + t * (NG * BH) + gt, m2, H, NG)
+    g0, g1, g2, g3 = _load_gates(gh_ptr + gt, m2, H, NG)
+    p2 = x2 + g2
+    if MODE == 2:
+        p2 = g2  # GRU: W_hn h stays apart from its input part
+    bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    h = tl.load(hst_ptr + st, mask=m2, other=0.0)
+    c = h
+    if MODE == 1:
+        c = tl.load(cst_ptr + st, mask=m2, other=0.0)
+    h_new, c_new, s0, s1, s2, s3 = _fwd_cell(x0 + g0, x1 + g1, p2, x3 + g3, x2, h, c, bhn, MODE, RELU)
+    _store_saved(save_ptr, t * (4 * BH) + sv, s0, s1, s2, s3, m2, H, MODE)
+    if MODE == 1:
+        c = tl.where(valid, c_new, c)
+        tl.store(cst_ptr + st, c, mask=m2)
+        tl.store(cs_ptr + t * BH + st, c.to(cs_ptr.dtype.element_ty), mask=m2)
+    tl.store(hst_ptr + st, tl.where(valid, h_new, h), mask=m2)
+    tl.store(out_ptr + t * BH + st, tl.where(valid, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t", "B", "has_rec"])
+def bwd_cell_kernel(
+    rec_ptr,
+    h0_ptr,
+    c0_ptr,
+    lens_ptr,
+    out_ptr,
+    cs_ptr,
+    save_ptr,
+    dout_ptr,
+    direct_ptr,
+    dc_ptr,
+    dgi_ptr,
+    dgh_ptr,
+    t,
+    B,
+    H,
+    has_rec,
+    MODE: tl.constexpr,
+    NG: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """The backward of step ``t`` on a ``(batch tiles, hidden blocks)`` grid: ``dh`` is
+    ``direct`` plus, with ``has_rec``, ``rec`` ``(B, H)`` = ``dgh[t + 1] @ W_hh`` from the host;
+    writes the gate gradients of step ``t`` and updates ``direct``/``dc`` ``(B, H)`` fp32."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    cmask = cols < H
+    m2 = rmask[:, None] & cmask[None, :]
+    st = rows[:, None] * H + cols[None, :]
+    gt = rows[:, None] * (NG * H) + cols[None, :]
+    sv = rows[:, None] * (4 * H) + cols[None, :]
+    valid = (t < tl.load(lens_ptr + rows, mask=rmask, other=0))[:, None]
+    l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
+        t, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+    )
+    rm = m2 & ((has_rec + tl.zeros_like(rows)) > 0)[:, None]
+    dh = tl.load(direct_ptr + st, mask=m2, other=0.0) + tl.load(rec_ptr + st, mask=rm, other=0.0).to(
+        tl.float32
+    )
+    dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
+    d0, d1, d2, d3, direct, dc = _bwd_cell(
+        dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU
+    )
+    tl.store(direct_ptr + st, direct, mask=m2)
+    tl.store(dc_ptr + st, dc, mask=m2)
