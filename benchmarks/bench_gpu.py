@@ -176,22 +176,36 @@ def measure(prob: Problem, name: str, fn, args) -> dict:
         return {"impl": name, "error": f"{type(e).__name__}: {e}"[:300]}
 
 
-ALL_EXTRA_PATHS = ("resident", "split", "gemm", "persistent", "stepwise")
+#: Alternatives pass 2 can time: the paths, and two tuning variants (``split32``: split with
+#: 32-column slices, half the programs and L2 reads per step; ``persistent2``: the persistent
+#: path's reduction loop software-pipelined two deep).
+ALL_EXTRA_PATHS = ("resident", "split", "split32", "gemm", "persistent", "persistent2", "stepwise")
+
+
+def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
+    from rnnkit.engine import triton_engine as te
+
+    if name == "split32":
+        return te.split_plan(mode, B, H, dtype, block_h=32)
+    if name == "persistent2":
+        return dataclasses.replace(te.plan_for(mode, B, H, dtype, "persistent"), num_stages=2)
+    if name == "resident" and te.plan_for(mode, B, H, dtype, name).block_h > 128:
+        return None  # W_hh cannot stay in one program
+    if name == "split":
+        return te.split_plan(mode, B, H, dtype)  # None where a slice does not fit on chip
+    return te.plan_for(mode, B, H, dtype, name)
 
 
 def triton_impls(mode: str, B: int, H: int, dtype: torch.dtype, extra: tuple[str, ...]):
-    """``(name, plan, is_default)`` for the default plan and each path of ``extra`` besides it
-    (``resident`` only where ``W_hh`` fits in one program)."""
+    """``(name, plan, is_default)`` for the default plan and each alternative of ``extra``."""
     from rnnkit.engine import triton_engine as te
 
     default = te.plan_for(mode, B, H, dtype)
-    paths = [default.path]
-    for p in extra:
-        fits = p != "resident" or te.plan_for(mode, B, H, dtype, p).block_h <= 128
-        if p != default.path and fits:
-            paths.append(p)
-    for path in paths:
-        yield f"triton:{path}", te.plan_for(mode, B, H, dtype, path), path == default.path
+    yield f"triton:{default.path}", default, True
+    for name in extra:
+        plan = _variant_plan(name, mode, B, H, dtype)
+        if name != default.path and plan is not None and plan != default:
+            yield f"triton:{name}", plan, False
 
 
 def _warm(job: tuple) -> tuple:

@@ -16,8 +16,9 @@ Five paths (see :class:`Plan`), chosen by :func:`plan_for`:
 - ``gemm``: any size; each step's recurrent product is one library matrix product (cuBLAS) and
   one kernel fuses the rest of the step. For large batches and hidden sizes, where a step is a
   real matrix product rather than a latency chain.
-- ``persistent``: any ``H``; one launch, each program loops over every hidden block and streams
-  ``W_hh`` from L2 each step. Parallel over batch tiles only.
+- ``persistent``: any ``H``; one launch; the hidden blocks of each batch tile are shared by as
+  many programs as fit one wave, which stream ``W_hh`` from L2 each step and meet at a barrier
+  after it (under the interpreter: one program per batch tile).
 - ``stepwise``: any ``H``; one launch per step with programs split over batch tiles and hidden
   blocks (no program waits on another, so it is correct on every backend, the interpreter too).
 
@@ -55,10 +56,9 @@ NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 PATHS = ("resident", "split", "gemm", "persistent", "stepwise")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-#: ``W_hh`` bytes one program may hold for the whole sequence (registers / shared memory).
-#: LSTM: bf16 up to H = 128, fp32 up to H = 64; tune with benchmarks/bench_gpu.py, which times
-#: every path.
-RESIDENT_MAX_BYTES = 128 * 1024
+#: ``W_hh`` bytes one program may hold for the whole sequence (shared memory): LSTM bf16 up to
+#: H = 128, GRU fp32 up to H = 128 (H100: resident 7.7 us/step against split 8.2 at B = 32).
+RESIDENT_MAX_BYTES = 192 * 1024
 #: On-chip bytes one ``split`` program may hold: its ``W_hh`` slice (``NG * HP * block_h``) and
 #: one step's ``h`` (or gate gradient) tile (``block_b * HP``); H100: 227 KiB of shared memory.
 SPLIT_MAX_BYTES = 192 * 1024
@@ -218,6 +218,15 @@ def _barrier(n_btiles: int, device: torch.device) -> Tensor:
     return torch.zeros(2 + n_btiles, dtype=torch.int32, device=device)
 
 
+def _blocks_per_program(n_hblocks: int, n_btiles: int) -> tuple[int, int]:
+    """The persistent path's ``(hidden blocks per program, programs per batch tile)``: as many
+    programs as fit one wave on the GPU. Under the interpreter one program per tile, which walks
+    every block (its programs run one after another, so none may wait for another)."""
+    n_hp = 1 if INTERPRETED else max(1, min(n_hblocks, _sm_count() // n_btiles))
+    hb = triton.cdiv(n_hblocks, n_hp)
+    return hb, triton.cdiv(n_hblocks, hb)
+
+
 def _launch(plan: Plan) -> dict:
     return dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
 
@@ -296,13 +305,14 @@ class _TritonLayer(torch.autograd.Function):
             cn = c0.float().clone() if mode == "lstm" else hbuf  # c only exists for LSTM
             n_hblocks = triton.cdiv(H, plan.block_h)
             common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
-            args = (xg, w_hh, b_hn, lens, hbuf, cn, out, cs, save)
+            args = (xg, w_hh, b_hn, lens, hbuf, cn, out, cs, save, _barrier(n_btiles, x.device))
             if plan.path == "persistent":
-                K.fwd_blocked_kernel[(n_btiles, 1)](*args, 0, T, B, H, n_hblocks, 1, **common, **flags)
+                hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
+                K.fwd_blocked_kernel[(n_btiles * n_hp,)](*args, 0, T, B, H, hb, n_hp, 1, **common, **flags)
             else:
                 for t in range(T):
-                    K.fwd_blocked_kernel[(n_btiles, n_hblocks)](
-                        *args, t, t + 1, B, H, 1, 0, **common, **flags
+                    K.fwd_blocked_kernel[(n_btiles * n_hblocks,)](
+                        *args, t, t + 1, B, H, 1, n_hblocks, 0, **common, **flags
                     )
             hn = hbuf[T % 2]
         ctx.mode, ctx.nonlinearity, ctx.plan = mode, nonlinearity, plan
@@ -375,14 +385,34 @@ class _TritonLayer(torch.autograd.Function):
             dc0 = dc_n.clone()
             n_hblocks = triton.cdiv(H, plan.block_h)
             common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
-            args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh, dh0)
+            args = (
+                w_hh,
+                h0,
+                c0,
+                lens,
+                out,
+                cs,
+                save,
+                dout,
+                direct,
+                dc0,
+                dgi,
+                dgh,
+                dh0,
+                _barrier(n_btiles, dev),
+            )
             if plan.path == "persistent":
-                K.bwd_blocked_kernel[(n_btiles, 1)](*args, T, 0, T, B, H, n_hblocks, 1, 1, **common, **flags)
+                hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
+                K.bwd_blocked_kernel[(n_btiles * n_hp,)](
+                    *args, T, 0, T, B, H, hb, n_hp, 1, 1, **common, **flags
+                )
             else:
-                grid = (n_btiles, n_hblocks)
+                grid = (n_btiles * n_hblocks,)
                 for u in range(T, 0, -1):
-                    K.bwd_blocked_kernel[grid](*args, u, u - 1, T, B, H, 1, 0, 0, **common, **flags)
-                K.bwd_blocked_kernel[grid](*args, 0, 0, T, B, H, 1, 0, 1, **common, **flags)
+                    K.bwd_blocked_kernel[grid](
+                        *args, u, u - 1, T, B, H, 1, n_hblocks, 0, 0, **common, **flags
+                    )
+                K.bwd_blocked_kernel[grid](*args, 0, 0, T, B, H, 1, n_hblocks, 0, 1, **common, **flags)
 
         dgi2 = dgi.view(T * B, G)  # (T*B, G)
         dgh2 = dgh.view(T * B, G)

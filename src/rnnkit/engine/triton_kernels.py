@@ -433,7 +433,7 @@ def bwd_resident_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["t_begin", "t_end", "B", "hb_per_prog", "sync"])
+@triton.jit(do_not_specialize=["t_begin", "t_end", "B", "hb_per_prog", "n_hp", "sync"])
 def fwd_blocked_kernel(
     xg_ptr,
     w_ptr,
@@ -444,11 +444,13 @@ def fwd_blocked_kernel(
     out_ptr,
     cs_ptr,
     save_ptr,
+    bar_ptr,
     t_begin,
     t_end,
     B,
     H,
     hb_per_prog,
+    n_hp,
     sync,
     MODE: tl.constexpr,
     NG: tl.constexpr,
@@ -459,14 +461,15 @@ def fwd_blocked_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Steps ``t_begin <= t < t_end``. Launch options are runtime arguments (one compiled variant
-    serves both blocked paths): ``hb_per_prog`` hidden blocks per program, ``sync`` a barrier
-    after each step. ``hbuf`` ``(2, B, H)`` fp32 double-buffers ``h`` (step ``t``
-    reads slot ``t % 2``); ``cbuf`` ``(B, H)`` fp32 holds ``c``, which only its own block touches.
-    Program ``(pid_b, pid_h)`` owns batch tile ``pid_b`` and hidden blocks
-    ``pid_h * hb_per_prog ...``."""
-    pid_b = tl.program_id(0)
-    pid_h = tl.program_id(1)
+    """Steps ``t_begin <= t < t_end`` on a 1-d grid of ``n_b * n_hp`` programs. Launch options
+    are runtime arguments (one compiled variant serves both blocked paths): ``hb_per_prog``
+    hidden blocks per program, ``sync`` the programs of a batch tile meet at a barrier (``bar``,
+    as for :func:`fwd_split_kernel`) after each step. ``hbuf`` ``(2, B, H)`` fp32
+    double-buffers ``h`` (step ``t`` reads slot ``t % 2``); ``cbuf`` ``(B, H)`` fp32 holds ``c``,
+    which only its own block touches. Program ``(pid_b, pid_h)`` owns batch tile ``pid_b`` and
+    hidden blocks ``pid_h * hb_per_prog ...``."""
+    pid_b, pid_h = _ticket(bar_ptr, n_hp, sync)
+    failed = 0
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
@@ -521,10 +524,15 @@ def fwd_blocked_kernel(
                 tl.store(cbuf_ptr + st, c, mask=m2)
                 tl.store(cs_ptr + t * BH + st, c.to(cs_ptr.dtype.element_ty), mask=m2)
             tl.store(dst + st, tl.where(valid, h_new, h), mask=m2)
-            tl.store(out_ptr + t * BH + st, tl.where(valid, h_new, 0.0).to(out_ptr.dtype.element_ty), mask=m2)
+            y = tl.where(valid, h_new, 0.0)
+            if failed:
+                y = y + float("nan")
+            tl.store(out_ptr + t * BH + st, y.to(out_ptr.dtype.element_ty), mask=m2)
         if sync:
-            # the next step reads h blocks that other threads of this program just wrote
-            tl.debug_barrier()
+            # the next step reads h blocks that other programs (and threads) just wrote
+            failed = _step_barrier(bar_ptr + 2 + pid_b, (t - t_begin + 1) * n_hp, failed)
+    if failed:
+        tl.atomic_max(bar_ptr + 1, 1)
 
 
 @triton.jit
@@ -564,7 +572,7 @@ def _hidden_grad_block(
     return acc
 
 
-@triton.jit(do_not_specialize=["u_hi", "u_lo", "T", "B", "hb_per_prog", "sync", "epilogue"])
+@triton.jit(do_not_specialize=["u_hi", "u_lo", "T", "B", "hb_per_prog", "n_hp", "sync", "epilogue"])
 def bwd_blocked_kernel(
     w_ptr,
     h0_ptr,
@@ -579,12 +587,14 @@ def bwd_blocked_kernel(
     dgi_ptr,
     dgh_ptr,
     dh0_ptr,
+    bar_ptr,
     u_hi,
     u_lo,
     T,
     B,
     H,
     hb_per_prog,
+    n_hp,
     sync,
     epilogue,
     MODE: tl.constexpr,
@@ -599,9 +609,10 @@ def bwd_blocked_kernel(
     """Stages ``u_hi >= u > u_lo``; stage ``u`` finishes ``dh`` for step ``u - 1`` from the gate
     gradients of step ``u`` and then runs the backward of step ``u - 1`` on its own hidden block.
     ``direct`` ``(B, H)`` fp32 holds the part of ``dh`` that skips ``W_hh`` (start: ``dh_n``);
-    ``dc`` ``(B, H)`` fp32 the cell gradient. ``epilogue`` runs stage 0, which writes ``dh0``."""
-    pid_b = tl.program_id(0)
-    pid_h = tl.program_id(1)
+    ``dc`` ``(B, H)`` fp32 the cell gradient. ``epilogue`` runs stage 0, which writes ``dh0``.
+    Grid, ``hb_per_prog``, ``n_hp``, ``sync`` and ``bar`` as for :func:`fwd_blocked_kernel`."""
+    pid_b, pid_h = _ticket(bar_ptr, n_hp, sync)
+    failed = 0
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
@@ -616,9 +627,6 @@ def bwd_blocked_kernel(
             st = rows[:, None] * H + cols[None, :]
             gt = rows[:, None] * (NG * H) + cols[None, :]
             sv = rows[:, None] * (4 * H) + cols[None, :]
-            l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
-                t, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
-            )
             dh = _hidden_grad_block(
                 dgh_ptr,
                 w_ptr,
@@ -636,6 +644,9 @@ def bwd_blocked_kernel(
                 PRECISION,
                 UPCAST,
             )
+            l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
+                t, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+            )
             dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
             d0, d1, d2, d3, direct, dc = _bwd_cell(
                 dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU
@@ -645,7 +656,7 @@ def bwd_blocked_kernel(
                 tl.store(dc_ptr + st, dc, mask=m2)
         if sync:
             # the next stage reads gate gradients of every hidden block of this step
-            tl.debug_barrier()
+            failed = _step_barrier(bar_ptr + 2 + pid_b, (s + 1) * n_hp, failed)
     if epilogue:
         for jj in range(hb_per_prog):
             cols = (pid_h * hb_per_prog + jj) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -667,7 +678,11 @@ def bwd_blocked_kernel(
                 PRECISION,
                 UPCAST,
             )
+            if failed:
+                dh = dh + float("nan")
             tl.store(dh0_ptr + rows[:, None] * H + cols[None, :], dh, mask=rmask[:, None] & cmask[None, :])
+    if failed:
+        tl.atomic_max(bar_ptr + 1, 1)
 
 
 # ----------------------------------------------------------------------------------------------
