@@ -197,14 +197,17 @@ def test_plan_for_picks_resident_for_small_and_streams_for_large():
     assert te.plan_for("lstm", 16, 64, torch.float32).path == "resident"
     assert te.plan_for("lstm", 16, 24, torch.float32).block_h == 32  # padded to a power of two
     assert te.plan_for("lstm", 16, 256, torch.bfloat16).path != "resident"
-    assert te.plan_for("lstm", 256, 1024, torch.bfloat16).path == "gemm"
+    assert te.plan_for("lstm", 256, 1024, torch.bfloat16).path == "persistent"
     assert te.plan_for("gru", 1, 8, torch.float32, path="stepwise").path == "stepwise"
 
 
 def test_split_plan_fits_the_chip_or_declines():
     sms = te._sm_count()
     plan = te.plan_for("lstm", 16, 256, torch.bfloat16)
-    assert plan.path == "split" and plan.block_h == 16 and plan.block_b == 16
+    assert plan.path == "split" and plan.block_h == 32 and plan.block_b == 16
+    assert te.split_plan("rnn", 16, 256, torch.bfloat16).block_h == 16
+    # fp32 LSTM at H = 512: 32-column slices would not fit (4 x 512 x 32 x 4 bytes), 16 do
+    assert te.split_plan("lstm", 64, 512, torch.float32).block_h == 16
     # B = 64, H = 512: four 16-row tiles of 32 programs each, one wave on an H100's 132 SMs
     plan = te.split_plan("lstm", 64, 512, torch.float32)
     assert plan is not None and te._cdiv(64, plan.block_b) * 32 <= max(sms, 128)
