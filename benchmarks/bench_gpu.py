@@ -284,8 +284,20 @@ def main() -> int:
     )
     ap.add_argument("--skip-fused", action="store_true", help="pass 2 leaves out rnnkit's fused engine")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu.json")
+    ap.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="no timing: write the Markdown table of an earlier run's JSON next to it (.md)",
+    )
     args = ap.parse_args()
 
+    if args.render is not None:
+        payload = json.loads(args.render.read_text())
+        md = args.render.with_suffix(".md")
+        md.write_text(to_markdown(payload))
+        print(f"wrote {md}")
+        return 0
     if not torch.cuda.is_available():
         print("bench_gpu: needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured.")
         return 2
@@ -398,6 +410,7 @@ def main() -> int:
             save()
 
     payload = save()
+    args.out.with_suffix(".md").write_text(to_markdown(payload))
     _print_table(payload["rows"])
     print(f"\nwrote {args.out} ({payload['elapsed_s']} s; {len(skipped)} point-passes skipped for time)")
     return 0
@@ -472,6 +485,51 @@ def _print_table(rows: list[dict]) -> None:
             f"{_fmt(_impl(row, 'cudnn'))} {_fmt(_impl(row, 'fused'))} {_fmt(timed_default)} "
             f"{_fmt(best)} | {ratio} {target} {met:>4} | {mem} {err} {path}"
         )
+
+
+def to_markdown(payload: dict) -> str:
+    """The run as a Markdown table: every implementation timed, the default's ratio to cuDNN
+    against the issue's target, peak memory against cuDNN's."""
+    m = payload["machine"]
+    names = []
+    for row in payload["rows"]:
+        for r in row["impls"]:
+            if r["impl"] not in names and r["impl"] != "cudnn":
+                names.append(r["impl"])
+    lines = [
+        "# GPU training step: rnnkit Triton kernels vs torch.nn (cuDNN)\n",
+        f"Command: `{payload['command']}`  ",
+        f"Machine: {m['gpu']} (sm {m['capability']}, {m['sms']} SMs), torch {m['torch']}, CUDA {m['cuda']}, "
+        f"cuDNN {m['cudnn']}, Triton {m['triton']}, Python {m['python']}; "
+        f"cudnn.allow_tf32 {m['cudnn_allow_tf32']}; {m['date_utc']}  ",
+        f'Unit: {payload["unit"]}. `default` is the path `engine="triton"` (and `auto` on CUDA) picks; '
+        "ratio = default / cuDNN; target from the GPU issue (0.33 where cuDNN takes >= 10 us/step "
+        "with H <= 512 and B <= 64, else 1.0); mem = peak memory / cuDNN's; err = max error of the "
+        "default against cuDNN over outputs, final state and every gradient.\n",
+        "| mode | dtype | B | T | I | H | cudnn | "
+        + " | ".join(n.replace("triton:", "") for n in names)
+        + " | default | ratio | target | met | mem | err |",
+        "|" + "---|" * (13 + len(names)),
+    ]
+    for row in payload["rows"]:
+        by = {r["impl"]: r for r in row["impls"]}
+        cells = []
+        for n in ["cudnn", *names]:
+            r = by.get(n)
+            cells.append(f"{r['us_per_step']:.2f}" if r and "us_per_step" in r else ("err" if r else ""))
+        default = next((r for r in row["impls"] if r.get("default")), None)
+        path = default["impl"].replace("triton:", "") if default else "-"
+        ratio = f"{row['ratio_default']:.2f}" if "ratio_default" in row else "-"
+        target = f"{row['target_ratio']:.2f}" if "target_ratio" in row else "-"
+        met = ("yes" if row["met_target"] else "**no**") if "met_target" in row else "-"
+        mem = f"{row['peak_mib_ratio']:.2f}" if "peak_mib_ratio" in row else "-"
+        err = f"{default['rel_err_vs_cudnn']:.1e}" if default and "rel_err_vs_cudnn" in default else "-"
+        lines.append(
+            f"| {row['mode']} | {row['dtype']} | {row['B']} | {row['T']} | {row['I']} | {row['H']} | "
+            + " | ".join(cells)
+            + f" | {path} | {ratio} | {target} | {met} | {mem} | {err} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
