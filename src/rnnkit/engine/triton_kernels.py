@@ -5,7 +5,7 @@ The input projections of every step are one large matrix product done by the cal
 ``MODE`` selects the cell: 0 RNN (``RELU`` picks relu over tanh), 1 LSTM, 2 GRU; ``NG`` is the
 number of gate blocks (1, 4, 3) so ``G = NG * H``.
 
-Three families, sharing one cell's arithmetic (:func:`_fwd_cell`, :func:`_bwd_cell`):
+Four families, sharing one cell's arithmetic (:func:`_fwd_cell`, :func:`_bwd_cell`):
 
 - ``*_resident_kernel``: the fast path when the whole ``W_hh`` fits in one program. One launch
   covers all ``T`` steps; each program owns ``BLOCK_B`` batch rows, loads ``W_hh`` once before
@@ -17,6 +17,9 @@ Three families, sharing one cell's arithmetic (:func:`_fwd_cell`, :func:`_bwd_ce
   read tile by tile (from L2) every step. With ``sync`` one program loops over every hidden
   block and all steps (one launch, a barrier between steps); without it the host launches one
   step at a time on a grid split over the hidden dimension.
+
+- ``*_cell_kernel``: one step's gate arithmetic alone, for the ``gemm`` path, whose host makes
+  each step's recurrent product a library matrix product.
 
 The interpreter runs programs one after another, so no program may wait for another there: the
 host then launches the split and blocked kernels one step at a time (``sync`` off).
