@@ -14,10 +14,9 @@ Four families, sharing one cell's arithmetic (:func:`_fwd_cell`, :func:`_bwd_cel
 - ``*_split_kernel``: the hidden dimension split over programs that each keep a column slice of
   ``W_hh`` on chip and meet at a barrier after every step (one launch on a GPU).
 - ``*_blocked_kernel``: any hidden size. ``h`` lives in a small fp32 workspace and ``W_hh`` is
-  read tile by tile (from L2) every step. With ``sync`` one program loops over every hidden
-  block and all steps (one launch, a barrier between steps); without it the host launches one
-  step at a time on a grid split over the hidden dimension.
-
+  read tile by tile (from L2) every step. With ``sync`` the programs of a batch tile share its
+  hidden blocks and walk all steps, meeting at a barrier after each (one launch); without it
+  the host launches one step at a time on a grid split over the hidden dimension.
 - ``*_cell_kernel``: one step's gate arithmetic alone, for the ``gemm`` path, whose host makes
   each step's recurrent product a library matrix product.
 
