@@ -160,6 +160,17 @@ def test_several_batch_tiles(mode, path, H):
     _check(mode, 20, 5, 5, H, torch.float32, _plan(mode, path, torch.float32, H=H), lengths=lengths)
 
 
+@pytest.mark.parametrize("mode, path, B", [("lstm", "split", 20), ("gru", "persistent", 40)])
+def test_barrier_paths_launch_whole_tiles_in_groups_that_fit_the_gpu(monkeypatch, mode, path, B):
+    # a GPU of 2 multiprocessors: split (two programs per 16-row tile) launches one tile at a
+    # time; persistent (one program per tile here) two tiles at a time, the last launch ragged
+    monkeypatch.setattr(te, "_sm_count", lambda: 2)
+    assert te._launches(3, 1) == [(0, 2), (2, 1)] and te._launches(2, 2) == [(0, 1), (1, 1)]
+    plan = te.Plan(path, block_b=16, block_h=16, block_k=16, num_warps=8)
+    lengths = [(3 * b) % 5 + 1 for b in range(B)]
+    _check(mode, B, 5, 4, 24, torch.float32, plan, lengths=lengths)
+
+
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_split_rnn_three_programs_per_tile(nonlinearity):
     # H = 40 over 16-column slices: three programs, the last owning 8 real columns of 16
@@ -291,8 +302,8 @@ def test_gpu_library_products_follow_cudnn_tf32_and_restore_the_flag(cudnn_tf32)
 
 @needs_cuda
 def test_gpu_split_with_more_programs_than_multiprocessors():
-    # 16-row tiles of 16 programs each, more tiles than fit at once: the tiles run in waves and
-    # the start tickets keep every waiting program's partners startable (no deadlock, no NaN)
+    # 16-row tiles of 16 programs each, more tiles than the GPU holds at once: the host launches
+    # them in groups that fit (no program waits for a partner that cannot start; no NaN)
     H = 256
     B = 16 * (te._sm_count() // 16 + 2)
     plan = te.Plan("split", block_b=16, block_h=16, num_warps=8)

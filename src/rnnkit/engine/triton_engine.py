@@ -235,6 +235,14 @@ def _barrier(n_btiles: int, device: torch.device) -> Tensor:
     return torch.zeros(2 + n_btiles, dtype=torch.int32, device=device)
 
 
+def _launches(n_btiles: int, per_tile: int) -> list[tuple[int, int]]:
+    """``(first tile, tiles)`` of each launch of a path whose programs meet at step barriers:
+    whole batch tiles, no more programs at once than the GPU has multiprocessors (at least one
+    tile), so no program ever waits for a partner that could only start after it finishes."""
+    g = max(1, _sm_count() // per_tile)
+    return [(t0, min(g, n_btiles - t0)) for t0 in range(0, n_btiles, g)]
+
+
 def _blocks_per_program(n_hblocks: int, n_btiles: int) -> tuple[int, int]:
     """The persistent path's ``(hidden blocks per program, programs per batch tile)``: as many
     programs as fit one wave on the GPU. Under the interpreter one program per tile, which walks
@@ -308,28 +316,33 @@ class _TritonLayer(torch.autograd.Function):
             hn = h0.float().clone()  # own columns' exact state between launches, then the result
             cn = c0.float().clone() if mode == "lstm" else hn
             n_h = triton.cdiv(H, plan.block_h)
-            grid = (n_btiles * n_h,)
-            args = (xg, w_hh, b_hn, lens, hbuf, hn, cn, out, cs, save, _barrier(n_btiles, x.device))
             common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
-            if INTERPRETED:
-                for t in range(T):
-                    K.fwd_split_kernel[grid](*args, t, t + 1, B, H, n_h, 0, **common)
-            else:
-                K.fwd_split_kernel[grid](*args, 0, T, B, H, n_h, 1, **common)
+            for tile0, tiles in _launches(n_btiles, n_h):
+                grid = (tiles * n_h,)
+                args = (xg, w_hh, b_hn, lens, hbuf, hn, cn, out, cs, save, _barrier(tiles, x.device), tile0)
+                if INTERPRETED:
+                    for t in range(T):
+                        K.fwd_split_kernel[grid](*args, t, t + 1, B, H, n_h, 0, **common)
+                else:
+                    K.fwd_split_kernel[grid](*args, 0, T, B, H, n_h, 1, **common)
         else:
             hbuf = torch.empty(2, B, H, dtype=torch.float32, device=x.device)
             hbuf[0] = h0
             cn = c0.float().clone() if mode == "lstm" else hbuf  # c only exists for LSTM
             n_hblocks = triton.cdiv(H, plan.block_h)
             common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
-            args = (xg, w_hh, b_hn, lens, hbuf, cn, out, cs, save, _barrier(n_btiles, x.device))
+            args = (xg, w_hh, b_hn, lens, hbuf, cn, out, cs, save)
             if plan.path == "persistent":
                 hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
-                K.fwd_blocked_kernel[(n_btiles * n_hp,)](*args, 0, T, B, H, hb, n_hp, 1, **common, **flags)
+                for tile0, tiles in _launches(n_btiles, n_hp):
+                    K.fwd_blocked_kernel[(tiles * n_hp,)](
+                        *args, _barrier(tiles, x.device), tile0, 0, T, B, H, hb, n_hp, 1, **common, **flags
+                    )
             else:
+                bar = _barrier(n_btiles, x.device)
                 for t in range(T):
                     K.fwd_blocked_kernel[(n_btiles * n_hblocks,)](
-                        *args, t, t + 1, B, H, 1, n_hblocks, 0, **common, **flags
+                        *args, bar, 0, t, t + 1, B, H, 1, n_hblocks, 0, **common, **flags
                     )
             hn = hbuf[T % 2]
         ctx.mode, ctx.nonlinearity, ctx.plan = mode, nonlinearity, plan
@@ -387,30 +400,32 @@ class _TritonLayer(torch.autograd.Function):
             direct = dh_n.clone()
             dc0 = dc_n.clone()
             n_h = triton.cdiv(H, plan.block_h)
-            grid = (n_btiles * n_h,)
-            args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh, dh0)
-            args += (_barrier(n_btiles, dev),)
             common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
-            if INTERPRETED:
-                for u in range(T, 0, -1):
-                    K.bwd_split_kernel[grid](*args, u, u - 1, T, B, H, n_h, 0, 0, **common)
-                K.bwd_split_kernel[grid](*args, 0, 0, T, B, H, n_h, 0, 1, **common)
-            else:
-                K.bwd_split_kernel[grid](*args, T, 0, T, B, H, n_h, 1, 1, **common)
+            for tile0, tiles in _launches(n_btiles, n_h):
+                grid = (tiles * n_h,)
+                args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh, dh0)
+                args += (_barrier(tiles, dev), tile0)
+                if INTERPRETED:
+                    for u in range(T, 0, -1):
+                        K.bwd_split_kernel[grid](*args, u, u - 1, T, B, H, n_h, 0, 0, **common)
+                    K.bwd_split_kernel[grid](*args, 0, 0, T, B, H, n_h, 0, 1, **common)
+                else:
+                    K.bwd_split_kernel[grid](*args, T, 0, T, B, H, n_h, 1, 1, **common)
         else:
             direct = dh_n.clone()
             dc0 = dc_n.clone()
             n_hblocks = triton.cdiv(H, plan.block_h)
             common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
             args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh, dh0)
-            args += (_barrier(n_btiles, dev),)
             if plan.path == "persistent":
                 hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
-                K.bwd_blocked_kernel[(n_btiles * n_hp,)](
-                    *args, T, 0, T, B, H, hb, n_hp, 1, 1, **common, **flags
-                )
+                for tile0, tiles in _launches(n_btiles, n_hp):
+                    K.bwd_blocked_kernel[(tiles * n_hp,)](
+                        *args, _barrier(tiles, dev), tile0, T, 0, T, B, H, hb, n_hp, 1, 1, **common, **flags
+                    )
             else:
                 grid = (n_btiles * n_hblocks,)
+                args += (_barrier(n_btiles, dev), 0)
                 for u in range(T, 0, -1):
                     K.bwd_blocked_kernel[grid](
                         *args, u, u - 1, T, B, H, 1, n_hblocks, 0, 0, **common, **flags
@@ -473,18 +488,19 @@ def run(
     H = weights.weight_hh.shape[1]
     if T == 0 or B == 0 or H == 0:
         raise ValueError(f"triton engine: expected non-empty T, B and H, got T={T}, B={B}, H={H}")
-    if plan is None:
-        plan = plan_for(mode, B, H, x.dtype)
-    if plan.path == "resident" and plan.block_h < H:
-        raise ValueError(f"triton engine: resident plan needs block_h >= H = {H}, got {plan.block_h}")
     if lengths is None:
         lens = torch.full((B,), T, dtype=torch.int64, device=x.device)
     else:
         lens = lengths.to(device=x.device, dtype=torch.int64).contiguous()
     c0 = state[1] if mode == "lstm" else None
-    # Triton launches on the current device; autograd's backward threads already run on x's
+    # Triton launches on the current device (and plans for its multiprocessors); autograd's
+    # backward threads already run on x's
     device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
     with device:
+        if plan is None:
+            plan = plan_for(mode, B, H, x.dtype)
+        if plan.path == "resident" and plan.block_h < H:
+            raise ValueError(f"triton engine: resident plan needs block_h >= H = {H}, got {plan.block_h}")
         res = _TritonLayer.apply(
             x.contiguous(),
             state[0],

@@ -435,7 +435,7 @@ def bwd_resident_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["t_begin", "t_end", "B", "hb_per_prog", "n_hp", "sync"])
+@triton.jit(do_not_specialize=["tile0", "t_begin", "t_end", "B", "hb_per_prog", "n_hp", "sync"])
 def fwd_blocked_kernel(
     xg_ptr,
     w_ptr,
@@ -447,6 +447,7 @@ def fwd_blocked_kernel(
     cs_ptr,
     save_ptr,
     bar_ptr,
+    tile0,
     t_begin,
     t_end,
     B,
@@ -472,7 +473,7 @@ def fwd_blocked_kernel(
     hidden blocks ``pid_h * hb_per_prog ...``."""
     pid_b, pid_h = _ticket(bar_ptr, n_hp, sync)
     failed = 0
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = (tile0 + pid_b) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
     kk = tl.arange(0, BLOCK_K)
@@ -574,7 +575,7 @@ def _hidden_grad_block(
     return acc
 
 
-@triton.jit(do_not_specialize=["u_hi", "u_lo", "T", "B", "hb_per_prog", "n_hp", "sync", "epilogue"])
+@triton.jit(do_not_specialize=["tile0", "u_hi", "u_lo", "T", "B", "hb_per_prog", "n_hp", "sync", "epilogue"])
 def bwd_blocked_kernel(
     w_ptr,
     h0_ptr,
@@ -590,6 +591,7 @@ def bwd_blocked_kernel(
     dgh_ptr,
     dh0_ptr,
     bar_ptr,
+    tile0,
     u_hi,
     u_lo,
     T,
@@ -615,7 +617,7 @@ def bwd_blocked_kernel(
     Grid, ``hb_per_prog``, ``n_hp``, ``sync`` and ``bar`` as for :func:`fwd_blocked_kernel`."""
     pid_b, pid_h = _ticket(bar_ptr, n_hp, sync)
     failed = 0
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = (tile0 + pid_b) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
     for s in range(u_hi - u_lo):
@@ -699,9 +701,10 @@ SPIN_LIMIT = tl.constexpr(1 << 20)
 
 @triton.jit
 def _ticket(bar_ptr, n_h, sync):
-    """``(pid_b, pid_h)`` of this program. With ``sync`` the ids are handed out in the order the
-    programs start (an atomic ticket), so every program that waits at a barrier only waits for
-    programs that started before it or can start once earlier batch tiles finish."""
+    """``(pid_b, pid_h)`` of this program: batch tile ``tile0 + pid_b`` of the launch, hidden
+    part ``pid_h``. With ``sync`` the ids are handed out in the order the programs start (an
+    atomic ticket), so a program that waits at a barrier only waits for programs that have
+    started or can start (the host launches no more programs at once than the GPU holds)."""
     pid = tl.program_id(0)
     if sync:
         pid = tl.atomic_add(bar_ptr, 1)
@@ -727,7 +730,7 @@ def _step_barrier(bar_ptr, target, failed):
     return failed | (seen < target).to(tl.int32)
 
 
-@triton.jit(do_not_specialize=["t_begin", "t_end", "B", "n_h", "sync"])
+@triton.jit(do_not_specialize=["tile0", "t_begin", "t_end", "B", "n_h", "sync"])
 def fwd_split_kernel(
     xg_ptr,
     w_ptr,
@@ -740,6 +743,7 @@ def fwd_split_kernel(
     cs_ptr,
     save_ptr,
     bar_ptr,
+    tile0,
     t_begin,
     t_end,
     B,
@@ -764,9 +768,10 @@ def fwd_split_kernel(
     the sequence; needs them all resident at once); without it the host launches one step at a
     time. ``hst``/``cst`` ``(B, H)`` fp32 carry the own columns' exact ``h``/``c`` between
     launches and hold the final state. ``bar`` int32 ``(2 + n_b,)``: ticket, error flag, one
-    barrier counter per batch tile (zeroed by the host)."""
+    barrier counter per batch tile of the launch (zeroed by the host); ``tile0`` the launch's
+    first batch tile (the host launches no more tiles at once than the GPU holds)."""
     pid_b, pid_h = _ticket(bar_ptr, n_h, sync)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = (tile0 + pid_b) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     cmask = cols < H
@@ -828,7 +833,7 @@ def fwd_split_kernel(
         tl.atomic_max(bar_ptr + 1, 1)
 
 
-@triton.jit(do_not_specialize=["u_hi", "u_lo", "T", "B", "n_h", "sync", "epilogue"])
+@triton.jit(do_not_specialize=["tile0", "u_hi", "u_lo", "T", "B", "n_h", "sync", "epilogue"])
 def bwd_split_kernel(
     w_ptr,
     h0_ptr,
@@ -844,6 +849,7 @@ def bwd_split_kernel(
     dgh_ptr,
     dh0_ptr,
     bar_ptr,
+    tile0,
     u_hi,
     u_lo,
     T,
@@ -868,7 +874,7 @@ def bwd_split_kernel(
     gradients of every column. ``direct``/``dc`` ``(B, H)`` fp32 carry the part of ``dh`` that
     skips ``W_hh`` and the cell gradient between launches. ``epilogue`` writes ``dh0``."""
     pid_b, pid_h = _ticket(bar_ptr, n_h, sync)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = (tile0 + pid_b) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     cmask = cols < H
