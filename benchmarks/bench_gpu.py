@@ -105,15 +105,15 @@ class Problem:
         self.grad_state = tuple(torch.randn(B, H, device=dev, dtype=dtype) for _ in range(n_state))
         self.leaves = [self.x, *self.state, *self.params]
 
-    def cudnn(self) -> list[torch.Tensor]:
+    def cudnn(self, backward: bool = True) -> list[torch.Tensor]:
         hx = (self.state[0][None], self.state[1][None]) if self.mode == "lstm" else self.state[0][None]
         out, fin = self.module(self.x, hx)
         fin = tuple(s[0] for s in fin) if self.mode == "lstm" else (fin[0],)
-        return self._backward(out, fin)
+        return self._backward(out, fin) if backward else [out, *fin]
 
-    def engine(self, run, **kw) -> list[torch.Tensor]:
+    def engine(self, run, backward: bool = True, **kw) -> list[torch.Tensor]:
         out, fin = run(self.mode, self.x, self.state, self.weights, None, "tanh", **kw)
-        return self._backward(out, fin)
+        return self._backward(out, fin) if backward else [out, *fin]
 
     def _backward(self, out, fin) -> list[torch.Tensor]:
         grads = torch.autograd.grad([out, *fin], self.leaves, [self.grad_out, *self.grad_state])
@@ -124,7 +124,8 @@ def rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """Worst over tensors of max |a - b| relative to max(1, max |b|)."""
     worst = 0.0
     for x, y in zip(a, b, strict=True):
-        d = (x.double() - y.double()).abs().max() / y.double().abs().max().clamp(min=1.0)
+        x, y = x.detach().double(), y.detach().double()
+        d = (x - y).abs().max() / y.abs().max().clamp(min=1.0)
         worst = max(worst, float(d))
     return worst
 
@@ -161,34 +162,52 @@ def peak_mib(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def measure(prob: Problem, name: str, fn, args) -> dict:
+def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
+    """Time ``fn`` (forward + backward); peak memory of it and, given ``forward`` (the forward
+    alone, its graph kept until the results are dropped), of the forward: where a peak comes from."""
     try:
         us, reps = time_us(fn, args.target_s, args.max_reps)
         T = prob.shape[1]
-        return {
+        res = {
             "impl": name,
             "us_per_step": us / T,
             "ms_total": us / 1000.0,
             "reps": reps,
             "peak_mib": peak_mib(fn),
         }
+        if forward is not None:
+            res["peak_fwd_mib"] = peak_mib(forward)
+        return res
     except Exception as e:  # a failing implementation is a result, not a crash of the whole run
         return {"impl": name, "error": f"{type(e).__name__}: {e}"[:300]}
 
 
-#: Alternatives pass 2 can time: the paths, and two tuning variants (``split32``: split with
-#: 32-column slices, half the programs and L2 reads per step; ``persistent2``: the persistent
-#: path's reduction loop software-pipelined two deep).
-ALL_EXTRA_PATHS = ("resident", "split", "split32", "gemm", "persistent", "persistent2", "stepwise")
+#: Alternatives pass 2 can time: the paths, and tuning variants (``split16``: split with
+#: 16-column slices, twice the programs and L2 reads of the default's 32; ``persistent1``: the persistent
+#: path's reduction loop not software-pipelined; ``resident2``: the resident path on 2 warps,
+#: fewer threads to synchronise per step where H <= 64).
+ALL_EXTRA_PATHS = (
+    "resident",
+    "resident2",
+    "split",
+    "split16",
+    "gemm",
+    "persistent",
+    "persistent1",
+    "stepwise",
+)
 
 
 def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
     from rnnkit.engine import triton_engine as te
 
-    if name == "split32":
-        return te.split_plan(mode, B, H, dtype, block_h=32)
-    if name == "persistent2":
-        return dataclasses.replace(te.plan_for(mode, B, H, dtype, "persistent"), num_stages=2)
+    if name == "split16":
+        return te.split_plan(mode, B, H, dtype, block_h=16)
+    if name == "persistent1":
+        return dataclasses.replace(te.plan_for(mode, B, H, dtype, "persistent"), num_stages=1)
+    if name == "resident2":
+        plan = te.plan_for(mode, B, H, dtype, "resident")
+        return dataclasses.replace(plan, num_warps=2) if plan.block_h <= 64 else None
     if name == "resident" and te.plan_for(mode, B, H, dtype, name).block_h > 128:
         return None  # W_hh cannot stay in one program
     if name == "split":
@@ -202,9 +221,11 @@ def triton_impls(mode: str, B: int, H: int, dtype: torch.dtype, extra: tuple[str
 
     default = te.plan_for(mode, B, H, dtype)
     yield f"triton:{default.path}", default, True
+    seen = [default]
     for name in extra:
         plan = _variant_plan(name, mode, B, H, dtype)
-        if name != default.path and plan is not None and plan != default:
+        if plan is not None and plan not in seen:  # each distinct plan once
+            seen.append(plan)
             yield f"triton:{name}", plan, False
 
 
@@ -374,7 +395,8 @@ def main() -> int:
             )
             prob = Problem(mode, B, T, I, H, dtype)
             if pass_no == 1:
-                row["impls"].append(measure(prob, "cudnn", prob.cudnn, args))
+                fwd = lambda p=prob: p.cudnn(backward=False)  # noqa: E731
+                row["impls"].append(measure(prob, "cudnn", prob.cudnn, args, fwd))
                 expected = prob.cudnn()
             else:
                 expected = None
@@ -400,7 +422,8 @@ def main() -> int:
                 except Exception as e:
                     res["error"] = f"{type(e).__name__}: {e}"[:300]
                 if "error" not in res:
-                    res.update(measure(prob, name, fn, args))
+                    fwd = lambda p=prob, plan=plan: p.engine(te.run, backward=False, plan=plan)  # noqa: E731
+                    res.update(measure(prob, name, fn, args, fwd if is_default else None))
                 res["plan"] = dataclasses.asdict(plan)
                 res["default"] = is_default
                 row["impls"].append(res)
