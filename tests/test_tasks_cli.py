@@ -401,3 +401,113 @@ def test_forecast_end_to_end_and_bad_inputs(tmp_path, capsys):
     )
     fails(["evaluate", out, "--data", tmp_path / "bad.csv"], capsys, "is not a number")
     assert digest(out) == before
+
+
+def _interrupt_after(monkeypatch, steps):
+    """Make the Trainer raise Ctrl-C on its ``steps + 1``-th training step (a killed run)."""
+    from rnnkit.training.trainer import Trainer
+
+    real, calls = Trainer._train_step, [0]
+
+    def step(self, batch, state):
+        calls[0] += 1
+        if calls[0] > steps:
+            raise KeyboardInterrupt
+        return real(self, batch, state)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+
+
+def test_classify_killed_then_resumed_equals_an_uninterrupted_run(texts, tmp_path, capsys, monkeypatch):
+    # 48 training examples in batches of 8: 6 steps an epoch; the kill comes in epoch 2, so the
+    # resumed run restarts from the checkpoint at the end of epoch 1
+    argv = ["train", "classify", "--data", texts / "train.txt", "--epochs", "2", "--batch-size", "8"]
+    argv += ["--json", *TINY]
+    code, _, _ = run([*argv, "--out", tmp_path / "whole"], capsys)
+    assert code == 0
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 9)
+        code, _, _ = run([*argv, "--out", tmp_path / "killed"], capsys)
+    assert code == 130
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    code, out, _ = run(["train", "classify", "--resume", "--out", tmp_path / "killed", "--json"], capsys)
+    assert code == 0, out
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads(out.strip().splitlines()[-1])
+    assert resumed["steps"] == whole["steps"] == 12
+    assert resumed["test"] == whole["test"] and resumed["valid"] == whole["valid"]
+    for name in ("best.safetensors", "model.safetensors"):
+        assert digest(tmp_path / "killed")[name] == digest(tmp_path / "whole")[name], name
+
+
+def test_resume_refuses_what_it_cannot_continue(texts, tmp_path, capsys):
+    argv = ["train", "classify", "--data", texts / "train.txt", "--epochs", "1"]  # one step an epoch
+    code, _, _ = run([*argv, "--out", tmp_path / "run", "--json", *TINY], capsys)
+    assert code == 0
+    before = digest(tmp_path / "run")
+    fails(["train", "classify", "--resume"], capsys, "--resume needs --out")
+    fails(["train", "classify", "--resume", "--out", tmp_path / "none"], capsys, "no such run folder")
+    line = fails(
+        ["train", "classify", "--resume", "--out", tmp_path / "run", "--hidden-size", "16"],
+        capsys,
+        "--hidden-size 16 differs from the run's 8",
+    )
+    assert "only budgets" in line
+    fails(["train", "forecast", "--resume", "--out", tmp_path / "run"], capsys, "a 'classify' run")
+    assert digest(tmp_path / "run") == before
+    # a budget may change: more epochs continue the same run
+    code, out, _ = run(
+        ["train", "classify", "--resume", "--out", tmp_path / "run", "--epochs", "3", "--json"], capsys
+    )
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["steps"] == 3
+
+
+def test_generate_from_resumes_after_a_kill(texts, tmp_path, capsys, monkeypatch):
+    argv = ["train", "generate-from", "--data", texts / "train.txt", "--epochs", "2", "--batch-size", "16"]
+    argv += ["--json", *TINY]
+    code, _, _ = run([*argv, "--out", tmp_path / "whole"], capsys)
+    assert code == 0
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 5)
+        code, _, _ = run([*argv, "--out", tmp_path / "killed"], capsys)
+    assert code == 130
+    code, _, _ = run(["train", "generate-from", "--resume", "--out", tmp_path / "killed", "--json"], capsys)
+    assert code == 0
+    assert digest(tmp_path / "killed")["best.safetensors"] == digest(tmp_path / "whole")["best.safetensors"]
+
+
+def test_forecast_needs_data_unless_resuming_and_resumes_after_a_kill(tmp_path, capsys, monkeypatch):
+    fails(["train", "forecast", "--horizon", "6"], capsys, "needs --data")
+    rows = ["t,y"] + [f"{i},{50 + 5 * math.sin(i / 3):.3f}" for i in range(80)]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    argv = ["train", "forecast", "--data", tmp_path / "s.csv", "--horizon", "4", "--lookback", "8"]
+    argv += ["--epochs", "2", "--passes", "1", "--batch-size", "16", "--hidden-size", "8", "--json"]
+    code, _, err = run([*argv, "--out", tmp_path / "whole"], capsys)
+    assert code == 0, err
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 5)
+        code, _, _ = run([*argv, "--out", tmp_path / "killed"], capsys)
+    assert code == 130
+    code, out, err = run(["train", "forecast", "--resume", "--out", tmp_path / "killed", "--json"], capsys)
+    assert code == 0, err
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert json.loads(out.strip().splitlines()[-1])["test"] == whole["test"]
+    # no validation data: the final weights are the model
+    assert digest(tmp_path / "killed")["model.safetensors"] == digest(tmp_path / "whole")["model.safetensors"]
+
+
+def test_translate_resumes_after_a_kill(pairs, tmp_path, capsys, monkeypatch):
+    argv = ["train", "translate", "--pairs", pairs / "pairs.tsv", "--level", "word", "--min-freq", "1"]
+    argv += ["--epochs", "2", "--batch-size", "8", "--beam-size", "1", "--json", *TINY]
+    code, _, err = run([*argv, "--out", tmp_path / "whole"], capsys)
+    assert code == 0, err
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 6)
+        code, _, _ = run([*argv, "--out", tmp_path / "killed"], capsys)
+    assert code == 130
+    code, out, err = run(["train", "translate", "--resume", "--out", tmp_path / "killed", "--json"], capsys)
+    assert code == 0, err
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads(out.strip().splitlines()[-1])
+    assert resumed["steps"] == whole["steps"] and resumed["valid"] == whole["valid"]
+    assert digest(tmp_path / "killed")["best.safetensors"] == digest(tmp_path / "whole")["best.safetensors"]

@@ -6,6 +6,7 @@ to it (padded batches, a loss per batch) and writes the same run-folder files as
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from ..training.checkpoint import (
 __all__ = [
     "Batches",
     "LossTask",
+    "ResumeOption",
+    "start_run",
     "new_run_dir",
     "write_run_config",
     "read_run",
@@ -139,6 +142,13 @@ EarlyStoppingOption = Annotated[int, typer.Option(help="epochs without improveme
 SeedOption = Annotated[int, typer.Option(help="random seed")]
 ProgressOption = Annotated[bool, typer.Option(help="show a progress bar")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the final figures as JSON")]
+ResumeOption = Annotated[
+    bool, typer.Option(help="continue the run in --out from its last checkpoint (its own options)")
+]
+
+#: Options a resumed run may change: budgets and display. Anything else would change what the
+#: checkpoint is a checkpoint of.
+RESUMABLE = frozenset({"epochs", "max_steps", "early_stopping", "progress", "as_json", "resume", "out"})
 
 
 #: The flags every task command hands to the Trainer, by their TrainConfig field names.
@@ -166,8 +176,66 @@ def new_run_dir(out: Path | None, task: str) -> Path:
     return path
 
 
-def write_run_config(run_dir: Path, task: str, model_config: dict, extra: dict[str, Any]) -> None:
+def start_run(task: str, options: dict[str, Any], command: Callable) -> tuple[dict[str, Any], Path, bool]:
+    """The options and run folder of a task command, and whether it resumes.
+
+    Without ``--resume``: ``options`` as given and a new run folder (:func:`new_run_dir`). With
+    it: the options saved in ``--out``'s ``config.json``, overridden by the flags given now (those
+    that differ from ``command``'s defaults), which may only change budgets and display
+    (:data:`RESUMABLE`); the Trainer then continues from the run's last checkpoint.
+    Seeds every random number generator from ``--seed`` first, so the model's initial weights
+    (built before the Trainer starts) are the same in every run with the same seed.
+    """
+    if not options.get("resume"):
+        seed_everything(options.get("seed", 0))
+        return options, new_run_dir(options.get("out"), task), False
+    if options.get("out") is None:
+        raise RnnkitError("--resume needs --out RUN_DIR, the run folder to continue")
+    run_dir = Path(options["out"])
+    saved = read_run(run_dir, task)
+    if not (run_dir / STATE_FILE).is_file():
+        raise RnnkitError(
+            f"{run_dir}: no checkpoint to resume ({STATE_FILE} is missing); train without --resume"
+        )
+    if "options" not in saved:
+        raise RnnkitError(f"{run_dir}: written by an rnnkit that saved no options; it cannot be resumed")
+    merged = {
+        k: Path(v) if k in saved.get("path_options", ()) and v is not None else v
+        for k, v in saved["options"].items()
+    }
+    defaults = {name: p.default for name, p in inspect.signature(command).parameters.items()}
+    for key, value in options.items():
+        if key not in defaults or value == defaults[key] or key in RESUMABLE:
+            continue
+        if _plain(value) != _plain(merged.get(key)):
+            flag = "--" + key.replace("_", "-")
+            raise RnnkitError(
+                f"cannot resume {run_dir}: {flag} {_plain(value)!r} differs from the run's "
+                f"{_plain(merged.get(key))!r}; drop {flag} (only budgets such as --epochs and "
+                "--max-steps may change) or start a new run"
+            )
+    merged.update(
+        {k: v for k, v in options.items() if k in RESUMABLE and (k not in defaults or v != defaults[k])}
+    )
+    merged.update(resume=True, out=run_dir)
+    seed_everything(merged.get("seed", 0))
+    return merged, run_dir, True
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def write_run_config(
+    run_dir: Path, task: str, model_config: dict, extra: dict[str, Any], options: dict[str, Any] | None = None
+) -> None:
+    """``config.json`` of a new run: the model, the task's ``extra`` and, for ``--resume``, the
+    command's ``options`` (paths as strings, named in ``path_options``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    saved: dict[str, Any] = {}
+    if options is not None:
+        saved["options"] = {k: _plain(v) for k, v in options.items()}
+        saved["path_options"] = sorted(k for k, v in options.items() if isinstance(v, Path))
     save_json(
         run_dir / CONFIG_FILE,
         {
@@ -177,6 +245,7 @@ def write_run_config(run_dir: Path, task: str, model_config: dict, extra: dict[s
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": model_config,
             **extra,
+            **saved,
         },
     )
 
@@ -217,10 +286,12 @@ def fit(
     config: TrainConfig,
     run_dir: Path,
     echo: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> Fitted:
-    """Train with the shared :class:`Trainer`, then reload the best weights."""
+    """Train with the shared :class:`Trainer` (``resume``: from the run's last checkpoint), then
+    reload the best weights."""
     seed_everything(config.seed)
     trainer = Trainer(model, task, train, valid, config, run_dir=run_dir, echo=echo)
-    result = trainer.fit()
+    result = trainer.fit(resume=resume)
     model = load_best(run_dir, trainer.module.cpu())
     return Fitted(model, trainer, result.seconds, result.steps, result.stopped)

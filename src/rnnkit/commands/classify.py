@@ -28,15 +28,16 @@ from ._common import (
     LrOption,
     MaxStepsOption,
     ProgressOption,
+    ResumeOption,
     ScheduleOption,
     SeedOption,
     fit,
     load_best,
-    new_run_dir,
     pad,
     pick_level,
     read_run,
     split_indices,
+    start_run,
     train_config,
     write_run_config,
 )
@@ -184,6 +185,7 @@ def train_classify(
     early_stopping: EarlyStoppingOption = 3,
     seed: SeedOption = 0,
     out: Annotated[Path | None, typer.Option(help="run folder (default: runs/classify-<timestamp>)")] = None,
+    resume: ResumeOption = False,
     progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -195,8 +197,8 @@ def train_classify(
 
 def run_classify(**o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train classify`` (flags as keyword arguments)."""
+    o, run_dir, resume = start_run("classify", o, train_classify)
     tc = train_config(o)
-    run_dir = new_run_dir(o["out"], "classify")
     if o["data"] is None:
         full, source = names_by_language(seed=0), "surnames -> language (Faker last-name lists)"
     else:
@@ -229,12 +231,14 @@ def run_classify(**o: Any) -> dict[str, Any]:
     for name, d in (("train", train_data), ("valid", valid_data), ("test", test_data)):
         if d is not None:
             splits[name] = (encoder.inputs(d, name), encoder.targets(d.labels, f"{name} data"))
-    write_run_config(
-        run_dir,
-        "classify",
-        model_cfg.to_dict(),
-        {"encoder": encoder.to_dict(), "source": source, "level": level, "train": tc.to_dict()},
-    )
+    if not resume:
+        write_run_config(
+            run_dir,
+            "classify",
+            model_cfg.to_dict(),
+            {"encoder": encoder.to_dict(), "source": source, "level": level, "train": tc.to_dict()},
+            options=o,
+        )
     model = SequenceClassifier(model_cfg)
     pairs = lambda s: list(zip(*splits[s]))  # noqa: E731
     print(
@@ -254,6 +258,7 @@ def run_classify(**o: Any) -> dict[str, Any]:
         Batches(pairs("valid"), 256, encoder.collate, shuffle=False),
         tc,
         run_dir,
+        resume=resume,
     )
     result: dict[str, Any] = {
         "task": "classify",

@@ -28,11 +28,12 @@ from ._common import (
     LrOption,
     MaxStepsOption,
     ProgressOption,
+    ResumeOption,
     SeedOption,
     fit,
     load_best,
-    new_run_dir,
     read_run,
+    start_run,
     train_config,
     write_run_config,
 )
@@ -121,7 +122,9 @@ def _plot(path: Path, stamps, history, actual, forecast, naive) -> None:
 
 
 def train_forecast(
-    data: Annotated[Path, typer.Option(help="CSV with a header, one row per time step")],
+    data: Annotated[
+        Path | None, typer.Option(help="CSV with a header, one row per time step (required unless --resume)")
+    ] = None,
     target_col: Annotated[str | None, typer.Option(help="column to forecast (default: the last)")] = None,
     covariates: Annotated[
         str | None, typer.Option(help="comma-separated covariate columns (past values only)")
@@ -142,6 +145,7 @@ def train_forecast(
     clip: ClipOption = 1.0,
     seed: SeedOption = 0,
     out: Annotated[Path | None, typer.Option(help="run folder (default: runs/forecast-<timestamp>)")] = None,
+    resume: ResumeOption = False,
     progress: ProgressOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -162,6 +166,9 @@ def train_forecast(
 
 def run_forecast(**o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train forecast``."""
+    if o.get("data") is None and not o.get("resume"):
+        raise RnnkitError("train forecast needs --data CSV, the series to learn (or --resume --out RUN)")
+    o, run_dir, resume = start_run("forecast", o, train_forecast)
     horizon, lookback, season = o["horizon"], o["lookback"], o["season"]
     for flag in ("horizon", "lookback", "season"):
         if o[flag] < 1:
@@ -181,24 +188,25 @@ def run_forecast(**o: Any) -> dict[str, Any]:
             f"{o['data']}: {len(values)} points leave {len(train_part)} for training, fewer than "
             f"--lookback + --horizon + 1 = {lookback + horizon + 1}; shorten them"
         )
-    run_dir = new_run_dir(o["out"], "forecast")
     scaler = Scaler.fit(train_part, o["log"])
     windows = _windows(scaler.transform(train_part), lookback, horizon)
     cfg = ForecasterConfig(values.shape[1], horizon, o["hidden_size"], o["layers"], o["cell"], season=season)
-    write_run_config(
-        run_dir,
-        "forecast",
-        cfg.to_dict(),
-        {
-            "scaler": scaler.to_dict(),
-            "lookback": lookback,
-            "season": season,
-            "target": series.target_name,
-            "covariates": covs,
-            "source": str(o["data"]),
-            "train": tc.to_dict(),
-        },
-    )
+    if not resume:
+        write_run_config(
+            run_dir,
+            "forecast",
+            cfg.to_dict(),
+            {
+                "scaler": scaler.to_dict(),
+                "lookback": lookback,
+                "season": season,
+                "target": series.target_name,
+                "covariates": covs,
+                "source": str(o["data"]),
+                "train": tc.to_dict(),
+            },
+            options=o,
+        )
     print(
         f"data   {o['data']}: {len(train_part)} train steps ({len(windows)} windows) / {test_size} test; "
         f"run {run_dir}"
@@ -211,6 +219,7 @@ def run_forecast(**o: Any) -> dict[str, Any]:
         None,
         tc,
         run_dir,
+        resume=resume,
     )
     del model
     fc = _forecast(fitted.model, scaler, train_part, lookback)[:test_size]

@@ -25,15 +25,16 @@ from ._common import (
     LrOption,
     MaxStepsOption,
     ProgressOption,
+    ResumeOption,
     ScheduleOption,
     SeedOption,
     fit,
     load_best,
-    new_run_dir,
     pad,
     pick_level,
     read_run,
     split_indices,
+    start_run,
     train_config,
     write_run_config,
 )
@@ -100,6 +101,7 @@ def train_generate_from(
     out: Annotated[
         Path | None, typer.Option(help="run folder (default: runs/generate-from-<timestamp>)")
     ] = None,
+    resume: ResumeOption = False,
     progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -117,8 +119,8 @@ def train_generate_from(
 
 def run_generate_from(**o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train generate-from``."""
+    o, run_dir, resume = start_run("generate-from", o, train_generate_from)
     tc = train_config(o)
-    run_dir = new_run_dir(o["out"], "generate-from")
     if o["data"] is None:
         full, source = names_by_language(seed=0), "surnames by language (Faker last-name lists)"
     else:
@@ -146,12 +148,14 @@ def run_generate_from(**o: Any) -> dict[str, Any]:
         condition_every_step=o["every_step"],
         dropout=o["dropout"],
     )
-    write_run_config(
-        run_dir,
-        "generate-from",
-        cfg.to_dict(),
-        {"vocab": vocab.to_dict(), "conditions": conditions, "source": source, "train": tc.to_dict()},
-    )
+    if not resume:
+        write_run_config(
+            run_dir,
+            "generate-from",
+            cfg.to_dict(),
+            {"vocab": vocab.to_dict(), "conditions": conditions, "source": source, "train": tc.to_dict()},
+            options=o,
+        )
     model = ConditionalGenerator(cfg)
     print(
         f"data   {source}: {len(train)} train / {len(valid)} valid, {len(conditions)} conditions; "
@@ -166,6 +170,7 @@ def run_generate_from(**o: Any) -> dict[str, Any]:
         Batches(_items(valid, vocab, index, "valid"), 256, _collate, shuffle=False),
         tc,
         run_dir,
+        resume=resume,
     )
     result: dict[str, Any] = {
         "task": "generate-from",

@@ -29,15 +29,16 @@ from ._common import (
     LrOption,
     MaxStepsOption,
     ProgressOption,
+    ResumeOption,
     ScheduleOption,
     SeedOption,
     fit,
     load_best,
-    new_run_dir,
     pad,
     pick_level,
     read_run,
     split_indices,
+    start_run,
     train_config,
     write_run_config,
 )
@@ -192,6 +193,7 @@ def train_translate(
     early_stopping: EarlyStoppingOption = 3,
     seed: SeedOption = 0,
     out: Annotated[Path | None, typer.Option(help="run folder (default: runs/translate-<timestamp>)")] = None,
+    resume: ResumeOption = False,
     progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -214,10 +216,10 @@ def train_translate(
 
 def run_translate(**o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train translate`` (flags as keyword arguments)."""
+    o, run_dir, resume = start_run("translate", o, train_translate)
     if not isinstance(o["beam_size"], int) or o["beam_size"] < 1:
         raise RnnkitError(f"--beam-size must be a positive integer, got {o['beam_size']!r}")
     tc = train_config(o)
-    run_dir = new_run_dir(o["out"], "translate")
     train = _read_split(o["source"], o["target"], o["pairs"], "")
     if train is None:
         train, source = dates(20000, seed=0), "dates in 16 locales and 4 styles -> ISO 8601 (Babel CLDR data)"
@@ -251,22 +253,24 @@ def run_translate(**o: Any) -> dict[str, Any]:
     items = _encode(src_vocab, tgt_vocab, *train, o["max_length"])
     if not items:
         raise RnnkitError(f"no training pairs within --max-length {o['max_length']}")
-    write_run_config(
-        run_dir,
-        "translate",
-        cfg.to_dict(),
-        {
-            "src_vocab": src_vocab.to_dict(),
-            "tgt_vocab": tgt_vocab.to_dict(),
-            "source": source,
-            "train": tc.to_dict(),
-            "decode": {
-                "beam_size": o["beam_size"],
-                "length_penalty": o["length_penalty"],
-                "max_len": o["max_decode"],
+    if not resume:
+        write_run_config(
+            run_dir,
+            "translate",
+            cfg.to_dict(),
+            {
+                "src_vocab": src_vocab.to_dict(),
+                "tgt_vocab": tgt_vocab.to_dict(),
+                "source": source,
+                "train": tc.to_dict(),
+                "decode": {
+                    "beam_size": o["beam_size"],
+                    "length_penalty": o["length_penalty"],
+                    "max_len": o["max_decode"],
+                },
             },
-        },
-    )
+            options=o,
+        )
     model = Seq2Seq(cfg)
     print(
         f"data   {source}: {len(items)} train / {len(valid[0])} valid / "
@@ -284,6 +288,7 @@ def run_translate(**o: Any) -> dict[str, Any]:
         Batches(_encode(src_vocab, tgt_vocab, *valid, None), 128, _collate, shuffle=False),
         tc,
         run_dir,
+        resume=resume,
     )
     result: dict[str, Any] = {
         "task": "translate",
