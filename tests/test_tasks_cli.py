@@ -511,3 +511,31 @@ def test_translate_resumes_after_a_kill(pairs, tmp_path, capsys, monkeypatch):
     resumed = json.loads(out.strip().splitlines()[-1])
     assert resumed["steps"] == whole["steps"] and resumed["valid"] == whole["valid"]
     assert digest(tmp_path / "killed")["best.safetensors"] == digest(tmp_path / "whole")["best.safetensors"]
+
+
+def test_task_commands_read_a_config_file_and_flags_override_it(texts, tmp_path, capsys):
+    (tmp_path / "c.toml").write_text(
+        f'data = "{texts / "train.txt"}"\nepochs = 1\nmax-steps = 2\nprogress = false\n'
+        "[model]\nhidden_size = 8\nembedding-size = 6\nbidirectional = false\n"
+    )
+    out = tmp_path / "run"
+    code, _, err = run(
+        ["train", "classify", "--config", tmp_path / "c.toml", "--hidden-size", "12", "--out", out, "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["hidden_size"] == 12  # the flag
+    assert saved["model"]["embed_size"] == 6 and saved["model"]["bidirectional"] is False  # the file
+    assert saved["train"]["max_steps"] == 2
+    (tmp_path / "bad.toml").write_text("hidden-size = 8\nheads = 4\n")
+    fails(
+        ["train", "classify", "--config", tmp_path / "bad.toml"], capsys, "bad.toml", "unknown option 'heads'"
+    )
+    (tmp_path / "typo.yaml").write_text("hidden_size: eight\n")
+    fails(
+        ["train", "forecast", "--config", tmp_path / "typo.yaml"],
+        capsys,
+        "hidden_size must be an integer, got 'eight'",
+    )
+    fails(["train", "translate", "--config", tmp_path / "none.toml"], capsys, "config file not found")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import random
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,11 +32,14 @@ from ..training.checkpoint import (
     load_weights,
     save_json,
 )
+from ..training.config import read_config_file
 
 __all__ = [
     "Batches",
     "LossTask",
+    "ConfigOption",
     "ResumeOption",
+    "command_options",
     "start_run",
     "new_run_dir",
     "write_run_config",
@@ -145,6 +150,55 @@ JsonOption = Annotated[bool, typer.Option("--json", help="print the final figure
 ResumeOption = Annotated[
     bool, typer.Option(help="continue the run in --out from its last checkpoint (its own options)")
 ]
+ConfigOption = Annotated[
+    Path | None, typer.Option(help="TOML or YAML file of options; flags given explicitly override it")
+]
+
+
+def command_options(
+    ctx: typer.Context, command: Callable, values: dict[str, Any]
+) -> tuple[dict[str, Any], set[str]]:
+    """A task command's options: its defaults, then ``--config FILE``'s values (checked against
+    the command's option types), then the flags given explicitly; and the names the file or a
+    flag set. ``values`` are the command's arguments (``locals()``)."""
+    options = {k: v for k, v in values.items() if k != "ctx"}
+    explicit = set()
+    for name in options:
+        source = ctx.get_parameter_source(name)
+        # Compared by name: typer vendors click in recent versions, so the enum's class varies.
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            explicit.add(name)
+    given = set(explicit)
+    config = options.get("config")
+    if config is not None:
+        hints = typing.get_type_hints(command)
+        for key, value in read_config_file(config).items():
+            if key not in options or key == "config":
+                raise RnnkitError(f"{config}: unknown option {key!r} for this command (see its --help)")
+            given.add(key)
+            if key not in explicit:
+                options[key] = _typed(value, hints[key], key, config)
+    return options, given
+
+
+def _typed(value: Any, hint: Any, key: str, config: Path) -> Any:
+    """``value`` from a config file as the option's type ``hint`` (``X`` or ``X | None``)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] if union else [hint]
+    if value is None and union:
+        return None
+    kind = kinds[0]
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind in (str, Path) and isinstance(value, str):
+        return kind(value)
+    name = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+    raise RnnkitError(f"{config}: {key} must be {name}, got {value!r}")
+
 
 #: Options a resumed run may change: budgets and display. Anything else would change what the
 #: checkpoint is a checkpoint of.
@@ -176,13 +230,16 @@ def new_run_dir(out: Path | None, task: str) -> Path:
     return path
 
 
-def start_run(task: str, options: dict[str, Any], command: Callable) -> tuple[dict[str, Any], Path, bool]:
+def start_run(
+    task: str, options: dict[str, Any], command: Callable, given: set[str] | None = None
+) -> tuple[dict[str, Any], Path, bool]:
     """The options and run folder of a task command, and whether it resumes.
 
     Without ``--resume``: ``options`` as given and a new run folder (:func:`new_run_dir`). With
-    it: the options saved in ``--out``'s ``config.json``, overridden by the flags given now (those
-    that differ from ``command``'s defaults), which may only change budgets and display
-    (:data:`RESUMABLE`); the Trainer then continues from the run's last checkpoint.
+    it: the options saved in ``--out``'s ``config.json``, overridden by the options set now
+    (``given``; by default those that differ from ``command``'s defaults), which may only change
+    budgets and display (:data:`RESUMABLE`); the Trainer then continues from the run's last
+    checkpoint.
     Seeds every random number generator from ``--seed`` first, so the model's initial weights
     (built before the Trainer starts) are the same in every run with the same seed.
     """
@@ -203,9 +260,11 @@ def start_run(task: str, options: dict[str, Any], command: Callable) -> tuple[di
         k: Path(v) if k in saved.get("path_options", ()) and v is not None else v
         for k, v in saved["options"].items()
     }
-    defaults = {name: p.default for name, p in inspect.signature(command).parameters.items()}
+    if given is None:
+        defaults = {name: p.default for name, p in inspect.signature(command).parameters.items()}
+        given = {k for k, v in options.items() if k in defaults and v != defaults[k]}
     for key, value in options.items():
-        if key not in defaults or value == defaults[key] or key in RESUMABLE:
+        if key not in given or key in RESUMABLE or key == "config":
             continue
         if _plain(value) != _plain(merged.get(key)):
             flag = "--" + key.replace("_", "-")
@@ -214,9 +273,7 @@ def start_run(task: str, options: dict[str, Any], command: Callable) -> tuple[di
                 f"{_plain(merged.get(key))!r}; drop {flag} (only budgets such as --epochs and "
                 "--max-steps may change) or start a new run"
             )
-    merged.update(
-        {k: v for k, v in options.items() if k in RESUMABLE and (k not in defaults or v != defaults[k])}
-    )
+    merged.update({k: v for k, v in options.items() if k in RESUMABLE and k in given})
     merged.update(resume=True, out=run_dir)
     seed_everything(merged.get("seed", 0))
     return merged, run_dir, True

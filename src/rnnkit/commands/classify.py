@@ -22,6 +22,7 @@ from ..models.classifier import ClassifierConfig, SequenceClassifier
 from ._common import (
     Batches,
     ClipOption,
+    ConfigOption,
     EarlyStoppingOption,
     JsonOption,
     LossTask,
@@ -31,6 +32,7 @@ from ._common import (
     ResumeOption,
     ScheduleOption,
     SeedOption,
+    command_options,
     fit,
     load_best,
     pad,
@@ -154,6 +156,7 @@ def _read(path: Path, text_col, label_col):
 
 
 def train_classify(
+    ctx: typer.Context,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -186,18 +189,19 @@ def train_classify(
     seed: SeedOption = 0,
     out: Annotated[Path | None, typer.Option(help="run folder (default: runs/classify-<timestamp>)")] = None,
     resume: ResumeOption = False,
+    config: ConfigOption = None,
     progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Train a sequence classifier; reports accuracy, macro-F1 and a confusion matrix PNG."""
-    opts = dict(locals())
-    result = run_classify(**opts)
+    opts, given = command_options(ctx, train_classify, dict(locals()))
+    result = run_classify(given=given, **opts)
     _print(result, as_json)
 
 
-def run_classify(**o: Any) -> dict[str, Any]:
+def run_classify(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train classify`` (flags as keyword arguments)."""
-    o, run_dir, resume = start_run("classify", o, train_classify)
+    o, run_dir, resume = start_run("classify", o, train_classify, given)
     tc = train_config(o)
     if o["data"] is None:
         full, source = names_by_language(seed=0), "surnames -> language (Faker last-name lists)"

@@ -23,6 +23,7 @@ from ..training.checkpoint import save_json
 from ._common import (
     Batches,
     ClipOption,
+    ConfigOption,
     JsonOption,
     LossTask,
     LrOption,
@@ -30,6 +31,7 @@ from ._common import (
     ProgressOption,
     ResumeOption,
     SeedOption,
+    command_options,
     fit,
     load_best,
     read_run,
@@ -122,6 +124,7 @@ def _plot(path: Path, stamps, history, actual, forecast, naive) -> None:
 
 
 def train_forecast(
+    ctx: typer.Context,
     data: Annotated[
         Path | None, typer.Option(help="CSV with a header, one row per time step (required unless --resume)")
     ] = None,
@@ -146,11 +149,13 @@ def train_forecast(
     seed: SeedOption = 0,
     out: Annotated[Path | None, typer.Option(help="run folder (default: runs/forecast-<timestamp>)")] = None,
     resume: ResumeOption = False,
+    config: ConfigOption = None,
     progress: ProgressOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train a recurrent forecaster; reports MAPE and MAE beside a seasonal-naive baseline, and a plot."""
-    result = run_forecast(**dict(locals()))
+    opts, given = command_options(ctx, train_forecast, dict(locals()))
+    result = run_forecast(given=given, **opts)
     if as_json:
         print(json.dumps(result))
         return
@@ -164,11 +169,11 @@ def train_forecast(
     )
 
 
-def run_forecast(**o: Any) -> dict[str, Any]:
+def run_forecast(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train forecast``."""
     if o.get("data") is None and not o.get("resume"):
         raise RnnkitError("train forecast needs --data CSV, the series to learn (or --resume --out RUN)")
-    o, run_dir, resume = start_run("forecast", o, train_forecast)
+    o, run_dir, resume = start_run("forecast", o, train_forecast, given)
     horizon, lookback, season = o["horizon"], o["lookback"], o["season"]
     for flag in ("horizon", "lookback", "season"):
         if o[flag] < 1:

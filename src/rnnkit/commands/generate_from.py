@@ -19,6 +19,7 @@ from ..training.checkpoint import save_json
 from ._common import (
     Batches,
     ClipOption,
+    ConfigOption,
     EarlyStoppingOption,
     JsonOption,
     LossTask,
@@ -28,6 +29,7 @@ from ._common import (
     ResumeOption,
     ScheduleOption,
     SeedOption,
+    command_options,
     fit,
     load_best,
     pad,
@@ -74,6 +76,7 @@ def _loss_on(model: ConditionalGenerator, items: list) -> dict[str, float]:
 
 
 def train_generate_from(
+    ctx: typer.Context,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -102,11 +105,13 @@ def train_generate_from(
         Path | None, typer.Option(help="run folder (default: runs/generate-from-<timestamp>)")
     ] = None,
     resume: ResumeOption = False,
+    config: ConfigOption = None,
     progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Train a generator of sequences conditioned on a label; prints samples per condition."""
-    result = run_generate_from(**dict(locals()))
+    opts, given = command_options(ctx, train_generate_from, dict(locals()))
+    result = run_generate_from(given=given, **opts)
     if as_json:
         print(json.dumps(result))
         return
@@ -117,9 +122,9 @@ def train_generate_from(
     print(f"saved  {result['run_dir']}/ (best.safetensors, metrics.json)  {result['seconds']} s")
 
 
-def run_generate_from(**o: Any) -> dict[str, Any]:
+def run_generate_from(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train generate-from``."""
-    o, run_dir, resume = start_run("generate-from", o, train_generate_from)
+    o, run_dir, resume = start_run("generate-from", o, train_generate_from, given)
     tc = train_config(o)
     if o["data"] is None:
         full, source = names_by_language(seed=0), "surnames by language (Faker last-name lists)"

@@ -23,6 +23,7 @@ from ..training.checkpoint import save_json
 from ._common import (
     Batches,
     ClipOption,
+    ConfigOption,
     EarlyStoppingOption,
     JsonOption,
     LossTask,
@@ -32,6 +33,7 @@ from ._common import (
     ResumeOption,
     ScheduleOption,
     SeedOption,
+    command_options,
     fit,
     load_best,
     pad,
@@ -150,6 +152,7 @@ def _heatmap(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, line:
 
 
 def train_translate(
+    ctx: typer.Context,
     source: Annotated[
         Path | None,
         typer.Option(
@@ -194,11 +197,13 @@ def train_translate(
     seed: SeedOption = 0,
     out: Annotated[Path | None, typer.Option(help="run folder (default: runs/translate-<timestamp>)")] = None,
     resume: ResumeOption = False,
+    config: ConfigOption = None,
     progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Train an encoder-decoder with attention on parallel text; reports accuracy, perplexity, BLEU."""
-    result = run_translate(**dict(locals()))
+    opts, given = command_options(ctx, train_translate, dict(locals()))
+    result = run_translate(given=given, **opts)
     if as_json:
         print(json.dumps(result))
         return
@@ -214,9 +219,9 @@ def train_translate(
     )
 
 
-def run_translate(**o: Any) -> dict[str, Any]:
+def run_translate(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
     """The library side of ``rnnkit train translate`` (flags as keyword arguments)."""
-    o, run_dir, resume = start_run("translate", o, train_translate)
+    o, run_dir, resume = start_run("translate", o, train_translate, given)
     if not isinstance(o["beam_size"], int) or o["beam_size"] < 1:
         raise RnnkitError(f"--beam-size must be a positive integer, got {o['beam_size']!r}")
     tc = train_config(o)
