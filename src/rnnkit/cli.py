@@ -23,6 +23,7 @@ from .commands import TASKS as TASK_COMMANDS
 from .commands import evaluate_run as evaluate_task_run
 from .commands import format_figures as format_task_figures
 from .commands import register as register_task_commands
+from .commands._common import explicit_flags
 from .data import LMDataConfig
 from .errors import RnnkitError
 from .experiments.cli import experiment_app
@@ -53,13 +54,9 @@ def given_options(ctx: typer.Context, skip: tuple[str, ...] = ("config",)) -> di
     config = ctx.params.get("config")
     if config is not None:
         options.update(read_config_file(config))
-    for name, value in ctx.params.items():
-        if name in skip:
-            continue
-        source = ctx.get_parameter_source(name)
-        # Compared by name: typer vendors click in recent versions, so the enum's class varies.
-        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-            options[name] = str(value) if isinstance(value, Path) else value
+    for name in explicit_flags(ctx, (n for n in ctx.params if n not in skip)):
+        value = ctx.params[name]
+        options[name] = str(value) if isinstance(value, Path) else value
     return options
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "ConfigOption",
     "ResumeOption",
     "command_options",
+    "explicit_flags",
     "start_run",
     "new_run_dir",
     "write_run_config",
@@ -155,6 +156,17 @@ ConfigOption = Annotated[
 ]
 
 
+def explicit_flags(ctx: typer.Context, names: typing.Iterable[str]) -> set[str]:
+    """Which of ``names`` the user gave on the command line (not left at their defaults)."""
+    given = set()
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        # Compared by name: typer vendors click in recent versions, so the enum's class varies.
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.add(name)
+    return given
+
+
 def command_options(
     ctx: typer.Context, command: Callable, values: dict[str, Any]
 ) -> tuple[dict[str, Any], set[str]]:
@@ -162,12 +174,7 @@ def command_options(
     the command's option types), then the flags given explicitly; and the names the file or a
     flag set. ``values`` are the command's arguments (``locals()``)."""
     options = {k: v for k, v in values.items() if k != "ctx"}
-    explicit = set()
-    for name in options:
-        source = ctx.get_parameter_source(name)
-        # Compared by name: typer vendors click in recent versions, so the enum's class varies.
-        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-            explicit.add(name)
+    explicit = explicit_flags(ctx, options)
     given = set(explicit)
     config = options.get("config")
     if config is not None:
