@@ -76,18 +76,25 @@ def _load_prev(first_ptr, seq_ptr, t, off, mask, BH):
 
 
 @triton.jit
-def _load_gates(ptr, mask, H, NG: tl.constexpr):
-    """The ``NG`` gate tiles at ``ptr + k * H`` in fp32 (absent gates repeat gate 0)."""
-    x0 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+def _gate_tiles(ptr, mask, stride, NG: tl.constexpr):
+    """The ``NG`` gate tiles at ``ptr + k * stride``, as stored (absent gates repeat gate 0)."""
+    x0 = tl.load(ptr, mask=mask, other=0.0)
     x1 = x0
     x2 = x0
     x3 = x0
     if NG > 1:
-        x1 = tl.load(ptr + H, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(ptr + 2 * H, mask=mask, other=0.0).to(tl.float32)
+        x1 = tl.load(ptr + stride, mask=mask, other=0.0)
+        x2 = tl.load(ptr + 2 * stride, mask=mask, other=0.0)
     if NG > 3:
-        x3 = tl.load(ptr + 3 * H, mask=mask, other=0.0).to(tl.float32)
+        x3 = tl.load(ptr + 3 * stride, mask=mask, other=0.0)
     return x0, x1, x2, x3
+
+
+@triton.jit
+def _load_gates(ptr, mask, H, NG: tl.constexpr):
+    """The ``NG`` gate tiles of a ``(.., G)`` row block at ``ptr + k * H`` in fp32."""
+    x0, x1, x2, x3 = _gate_tiles(ptr, mask, H, NG)
+    return x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
 
 
 @triton.jit
@@ -312,15 +319,7 @@ def fwd_resident_kernel(
     # W_hh^T per gate, (BLOCK_H in, BLOCK_H out): loaded once, reused by every step
     wt = cols[None, :] * H + cols[:, None]
     wm = cmask[None, :] & cmask[:, None]
-    w0 = tl.load(w_ptr + wt, mask=wm, other=0.0)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if NG > 1:
-        w1 = tl.load(w_ptr + H * H + wt, mask=wm, other=0.0)
-        w2 = tl.load(w_ptr + 2 * H * H + wt, mask=wm, other=0.0)
-    if NG > 3:
-        w3 = tl.load(w_ptr + 3 * H * H + wt, mask=wm, other=0.0)
+    w0, w1, w2, w3 = _gate_tiles(w_ptr + wt, wm, H * H, NG)
     bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     h = tl.load(h0_ptr + st, mask=m2, other=0.0).to(tl.float32)
     c = h
@@ -391,12 +390,7 @@ def bwd_resident_kernel(
     # W_hh per gate as stored, (BLOCK_H out, BLOCK_H in): dh_prev = sum_k d_k @ W_k
     wo = cols[:, None] * H + cols[None, :]
     wm = cmask[:, None] & cmask[None, :]
-    w0 = tl.load(w_ptr + wo, mask=wm, other=0.0)
-    if NG > 1:
-        w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0)
-        w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0)
-    if NG > 3:
-        w3 = tl.load(w_ptr + 3 * H * H + wo, mask=wm, other=0.0)
+    w0, w1, w2, w3 = _gate_tiles(w_ptr + wo, wm, H * H, NG)
     dh = tl.load(dhn_ptr + st, mask=m2, other=0.0).to(tl.float32)
     dc = tl.load(dcn_ptr + st, mask=m2, other=0.0).to(tl.float32)
     l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
@@ -784,15 +778,7 @@ def fwd_split_kernel(
     hrow = rows[:, None] * H + ks[None, :]
     wt = cols[None, :] * H + ks[:, None]  # W^T slice (HP in, BLOCK_H out) of gate 0
     wm = kmask[:, None] & cmask[None, :]
-    w0 = tl.load(w_ptr + wt, mask=wm, other=0.0)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if NG > 1:
-        w1 = tl.load(w_ptr + H * H + wt, mask=wm, other=0.0)
-        w2 = tl.load(w_ptr + 2 * H * H + wt, mask=wm, other=0.0)
-    if NG > 3:
-        w3 = tl.load(w_ptr + 3 * H * H + wt, mask=wm, other=0.0)
+    w0, w1, w2, w3 = _gate_tiles(w_ptr + wt, wm, H * H, NG)
     bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     h = tl.load(hst_ptr + st, mask=m2, other=0.0)
     c = h
@@ -888,12 +874,7 @@ def bwd_split_kernel(
     grow = rows[:, None] * (NG * H) + ks[None, :]
     wo = ks[:, None] * H + cols[None, :]  # W slice as stored (HP out, BLOCK_H in) of gate 0
     wm = kmask[:, None] & cmask[None, :]
-    w0 = tl.load(w_ptr + wo, mask=wm, other=0.0)
-    if NG > 1:
-        w1 = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0)
-        w2 = tl.load(w_ptr + 2 * H * H + wo, mask=wm, other=0.0)
-    if NG > 3:
-        w3 = tl.load(w_ptr + 3 * H * H + wo, mask=wm, other=0.0)
+    w0, w1, w2, w3 = _gate_tiles(w_ptr + wo, wm, H * H, NG)
     direct = tl.load(direct_ptr + st, mask=m2, other=0.0)
     dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
     failed = 0
