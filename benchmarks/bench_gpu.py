@@ -185,11 +185,14 @@ def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
 #: Alternatives pass 2 can time: the paths, and tuning variants (``split16``: split with
 #: 16-column slices, twice the programs and L2 reads of the default's 32; ``persistent1``: the persistent
 #: path's reduction loop not software-pipelined; ``resident2``: the resident path on 2 warps,
-#: fewer threads to synchronise per step where H <= 64).
+#: fewer threads to synchronise per step where H <= 64; ``*_packed``: LSTM/GRU gate slots loaded and
+#: stored as one tile, ``Plan.packed_io``).
 ALL_EXTRA_PATHS = (
     "resident",
     "resident2",
+    "resident_packed",
     "split",
+    "split_packed",
     "split16",
     "gemm",
     "persistent",
@@ -205,6 +208,9 @@ def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
         return te.split_plan(mode, B, H, dtype, block_h=16)
     if name == "persistent1":
         return dataclasses.replace(te.plan_for(mode, B, H, dtype, "persistent"), num_stages=1)
+    if name in ("resident_packed", "split_packed"):
+        plan = _variant_plan(name.removesuffix("_packed"), mode, B, H, dtype)
+        return dataclasses.replace(plan, packed_io=True) if plan is not None and mode != "rnn" else None
     if name == "resident2":
         plan = te.plan_for(mode, B, H, dtype, "resident")
         return dataclasses.replace(plan, num_warps=2) if plan.block_h <= 64 else None

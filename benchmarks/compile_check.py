@@ -84,12 +84,17 @@ def variants():
                     default = te.plan_for(mode, B, H, dtype).path
                     for path in dict.fromkeys((default, "split", "gemm", "persistent", "stepwise")):
                         plan = te.plan_for(mode, B, H, dtype, path)
-                        flags = dict(te._flags(mode, "tanh", dtype), UPCAST=False)
+                        flags = dict(te._flags(mode, "tanh", dtype), UPCAST=False, PACK=plan.packed_io)
                         if path == "resident":
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h)
                             kernels = [(K.fwd_resident_kernel, c), (K.bwd_resident_kernel, c)]
                         elif path == "gemm":
-                            c = dict(te._cell_flags(mode, "tanh"), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h)
+                            c = dict(
+                                te._cell_flags(mode, "tanh"),
+                                PACK=plan.packed_io,
+                                BLOCK_B=plan.block_b,
+                                BLOCK_H=plan.block_h,
+                            )
                             kernels = [(K.fwd_cell_kernel, c), (K.bwd_cell_kernel, c)]
                         elif path == "split":
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=te._hp(H))
@@ -130,7 +135,8 @@ def main() -> int:
         }
         try:
             src = ASTSource(fn, signature(fn, dtype, cx), cx)
-            k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=te._launch(plan))
+            options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+            k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
             row["shared_bytes"] = k.metadata.shared
             row["fits_h100_smem"] = k.metadata.shared <= H100_SMEM
             row["weights_staged_in_smem_before_loop"] = _hoisted(k.asm["ttgir"])

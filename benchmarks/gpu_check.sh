@@ -5,11 +5,12 @@
 #
 # 1. the split path's GPU tests first (its cross-program step barrier only runs compiled), so a
 #    broken barrier shows in seconds;
-# 2. the benchmark (it compiles every kernel variant up front in parallel processes, checks each
+# 2. where the peak memory goes (benchmarks/gpu_memory.py, about 30 s);
+# 3. the benchmark (it compiles every kernel variant up front in parallel processes, checks each
 #    Triton path against cuDNN, then times cuDNN, the fused engine and the Triton paths);
-# 3. the other GPU-only correctness tests (most kernels are in Triton's disk cache by then).
+# 4. the other GPU-only correctness tests (most kernels are in Triton's disk cache by then).
 # Logs and benchmarks/results/gpu.json go to $OUT when the device tool provides it.
-# Time limits (seconds): SPLIT_S, BENCH_S, TESTS_S.
+# Time limits (seconds): SPLIT_S, MEM_S, BENCH_S, TESTS_S.
 set -u -o pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 export TRITON_DEFAULT_FP_FUSION=1  # Triton >= 3.9 warns when unset; 1 is the historical default
@@ -24,11 +25,14 @@ pytest_gpu() {
 timeout "${SPLIT_S:-150}" bash -c "$(declare -f pytest_gpu); pytest_gpu 'gpu and split'" 2>&1 | tee "$OUT/split_tests.log"
 split_rc=$?
 
+timeout "${MEM_S:-90}" python benchmarks/gpu_memory.py --out "$OUT/gpu_memory.json" 2>&1 | tee "$OUT/memory.log"
+mem_rc=$?
+
 timeout "${BENCH_S:-330}" python benchmarks/bench_gpu.py "$@" 2>&1 | tee "$OUT/bench.log"
 bench_rc=$?
 [ -f benchmarks/results/gpu.json ] && cp benchmarks/results/gpu.json "$OUT/"
 
 timeout "${TESTS_S:-240}" bash -c "$(declare -f pytest_gpu); pytest_gpu 'gpu and not split'" 2>&1 | tee "$OUT/tests.log"
 test_rc=$?
-echo "split tests rc=$split_rc, bench_gpu rc=$bench_rc, other gpu tests rc=$test_rc"
-exit $((split_rc != 0 || bench_rc != 0 || test_rc != 0))
+echo "split tests rc=$split_rc, gpu_memory rc=$mem_rc, bench_gpu rc=$bench_rc, other gpu tests rc=$test_rc"
+exit $((split_rc != 0 || mem_rc != 0 || bench_rc != 0 || test_rc != 0))

@@ -7,6 +7,7 @@ With CUDA the same checks run compiled, plus larger GPU-only ones. Skipped if tr
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -196,6 +197,15 @@ def test_bfloat16_matches_reference(mode, path):
     _check(mode, 3, 7, 5, 24, torch.bfloat16, _plan(mode, path, torch.bfloat16), lengths=LENGTHS)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("path", te.PATHS)
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_packed_gate_io_matches_reference(mode, path, dtype):
+    # the four gate slots of a step loaded and stored as one tile, on every path
+    plan = dataclasses.replace(_plan(mode, path, dtype), packed_io=True)
+    _check(mode, 3, 7, 5, 24, dtype, plan, lengths=LENGTHS)
+
+
 def test_float16_matches_reference():
     plan = _plan("gru", "resident", torch.float16, H=16)
     _check("gru", 3, 7, 5, 16, torch.float16, plan, lengths=LENGTHS)
@@ -263,6 +273,72 @@ def test_outputs_do_not_alias_and_state_dtype_follows_input():
     out, (h, c) = te.run("lstm", x, state, weights)
     assert out.dtype == h.dtype == c.dtype == torch.bfloat16
     assert out.shape == (4, 3, 16) and h.shape == c.shape == (3, 16)
+
+
+@pytest.mark.parametrize(
+    "mode, path", [("lstm", "resident"), ("gru", "split"), ("lstm", "gemm"), ("rnn", "split")]
+)
+def test_second_backward_through_a_retained_graph(mode, path):
+    """The backward writes the gate gradients over the saved activations (LSTM, GRU); a second
+    backward through the same graph (``retain_graph``) must still equal the reference."""
+    x, state, weights = _problem(mode, 3, 5, 4, 24, torch.float32)
+    leaves = [x, *state, *weights]
+    out, fin = te.run(mode, x, state, weights, torch.tensor([5, 2, 4]), plan=_plan(mode, path, torch.float32))
+    ref_out, ref_fin = reference.run(mode, x, state, weights, torch.tensor([5, 2, 4]))
+    g = torch.Generator().manual_seed(3)
+    ups = [torch.randn(t.shape, generator=g) for t in (out, *fin)]
+    theirs = torch.autograd.grad([ref_out, *ref_fin], leaves, ups, retain_graph=True)
+    for _ in range(2):
+        ours = torch.autograd.grad([out, *fin], leaves, ups, retain_graph=True)
+        for a, b in zip(ours, theirs, strict=True):
+            assert _rel_err(a, b) < 2e-5
+    # a different upstream gradient the second time: the result follows it
+    ups2 = [2 * u + 1 for u in ups]
+    ours = torch.autograd.grad([out, *fin], leaves, ups2)
+    theirs = torch.autograd.grad([ref_out, *ref_fin], leaves, ups2)
+    for a, b in zip(ours, theirs, strict=True):
+        assert _rel_err(a, b) < 2e-5
+
+
+@pytest.mark.parametrize("mode, gate_slots", [("lstm", 4), ("gru", 4), ("rnn", 1)])
+def test_projections_activations_and_gate_gradients_share_one_buffer(monkeypatch, mode, gate_slots):
+    """Memory plan of one forward and backward, kernels replaced by no-ops: besides ``out``
+    (LSTM: and the cell states) one gate buffer of ``T * B * gate_slots * H`` elements serves as
+    the input projections, the saved activations and the gate gradients (RNN: a second one for
+    the gradients), so the peak stays under that plus ``dx`` and small state tensors, where
+    separate buffers would need two to three gate buffers more."""
+    from torch.profiler import ProfilerActivity, profile
+
+    class _NoOp:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    for name in dir(te.K):
+        if name.endswith("_kernel"):
+            monkeypatch.setattr(te.K, name, _NoOp())
+    T, B, I, H = 32, 16, 16, 32
+    x, state, weights = _problem(mode, B, T, I, H, torch.float32)
+    leaves = [x, *state, *weights]
+    ups = [torch.ones(T, B, H), *(torch.ones(B, H) for _ in state)]
+
+    def step():
+        out, fin = te.run(mode, x, state, weights, plan=te.plan_for(mode, B, H, torch.float32, "split"))
+        grads = torch.autograd.grad([out, *fin], leaves, ups)
+        return out, fin, grads
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()  # its results die inside the profile
+    live = peak = 0
+    events = prof.profiler.kineto_results.events()
+    for e in sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    row = T * B * 4  # bytes of one H-wide fp32 row block
+    per_row = {"lstm": 1 + 1, "gru": 1, "rnn": 1 + 1}[mode]  # out (+ cs; RNN: its dgi)
+    bound = (gate_slots + per_row) * H * row + I * row + 64 * 1024
+    assert peak <= bound, f"peak {peak} bytes > {bound}"
+    assert peak >= gate_slots * H * row  # the gate buffer is in the profile
 
 
 # ---------------------------------------------------------------- GPU only (compiled kernels)

@@ -91,7 +91,11 @@ class Plan:
     program owns); ``block_k`` reduction tile of the ``persistent``/``stepwise`` kernels;
     ``num_warps`` per program; ``num_stages`` software-pipelining depth (1: none; the blocked
     kernels' reduction loop runs 1.3-1.6x faster two deep on an H100 although it then spills a
-    few registers). Block sizes are powers of two >= 16 (``tl.dot``'s minimum).
+    few registers); ``packed_io`` LSTM and GRU load and store the four gate slots of a step as
+    one tile (compiled for sm_90 the stores then take one layout conversion through shared memory
+    instead of four: 9 conversions and 24 barriers a step in the resident forward, against 12 and
+    28; not yet timed on a GPU, so off by default). Block sizes are powers of two >= 16
+    (``tl.dot``'s minimum).
     """
 
     path: str
@@ -100,6 +104,7 @@ class Plan:
     block_k: int = 32
     num_warps: int = 4
     num_stages: int = 1
+    packed_io: bool = False
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -214,8 +219,24 @@ def _matmul_precision(dtype: torch.dtype):
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
+def _gate_width(mode: str) -> int:
+    """Slots per row of the gate buffer (``GW`` in :mod:`.triton_kernels`): 4 for LSTM and GRU,
+    whose saved activations (four per unit) are written over the projections, 1 for the RNN."""
+    return 1 if mode == "rnn" else 4
+
+
 def _cell_flags(mode: str, nonlinearity: str) -> dict:
-    return dict(MODE=MODE_CODE[mode], NG=NUM_GATES[mode], RELU=nonlinearity == "relu")
+    return dict(MODE=MODE_CODE[mode], NG=NUM_GATES[mode], GW=_gate_width(mode), RELU=nonlinearity == "relu")
+
+
+def _hidden_side(dg: Tensor, w_hh: Tensor, mode: str) -> list[tuple[Tensor, Tensor]]:
+    """The hidden-side gate gradients in the last dimension of a gate buffer ``dg`` ``(..., GW *
+    H)`` (views), each with the rows of ``w_hh`` ``(G, H)`` it multiplies: GRU's third gate is
+    in slot 3 (its first two are the input side's), every other mode's gates in order."""
+    H = w_hh.shape[1]
+    if mode == "gru":
+        return [(dg[..., : 2 * H], w_hh[: 2 * H]), (dg[..., 3 * H :], w_hh[2 * H :])]
+    return [(dg[..., : NUM_GATES[mode] * H], w_hh)]
 
 
 def _flags(mode: str, nonlinearity: str, dtype: torch.dtype) -> dict:
@@ -253,7 +274,103 @@ def _blocks_per_program(n_hblocks: int, n_btiles: int) -> tuple[int, int]:
 
 
 def _launch(plan: Plan) -> dict:
-    return dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    """Launch options and the plan's own compile-time switches."""
+    return dict(num_warps=plan.num_warps, num_stages=plan.num_stages, PACK=plan.packed_io)
+
+
+def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
+    """The forward kernels: ``(out, cs, save, h_n, c_n)``, ``save`` the gate buffer ``(T, B, GW *
+    H)`` holding the saved activations (LSTM, GRU; the RNN saves nothing but ``out``, returned in
+    its place), ``h_n``/``c_n`` fp32. Memory: the projections and the activations share one
+    buffer, which the backward reuses for the gate gradients."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    G = NUM_GATES[mode] * H
+    dt = x.dtype
+    flags = _flags(mode, nonlinearity, dt)
+    # Biases fold into the input projection, except GRU's b_hn, which the reset gate scales.
+    bias = None
+    b_hn = x.new_zeros(H)
+    if b_ih is not None:
+        bias = b_ih
+    if b_hh is not None:
+        if mode == "gru":
+            b_hn = b_hh[2 * H :].contiguous()
+            b_hh = torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)])
+        bias = b_hh if bias is None else bias + b_hh
+    # the gate buffer: the input projections of every step (the first G of each row's GW * H)
+    xg = torch.empty(T, B, _gate_width(mode) * H, dtype=dt, device=x.device)
+    x2 = x.reshape(T * B, I)  # (T*B, I)
+    xg_rows = xg.view(T * B, -1)[:, :G]  # (T*B, G), written in place (library GEMMs take the stride)
+    with _matmul_precision(dt):
+        if bias is None:
+            torch.mm(x2, w_ih.t(), out=xg_rows)
+        else:
+            torch.addmm(bias, x2, w_ih.t(), out=xg_rows)
+    del xg_rows
+
+    out = torch.empty(T, B, H, dtype=dt, device=x.device)
+    cs = torch.empty(T, B, H, dtype=dt, device=x.device) if mode == "lstm" else out
+    save = xg if mode != "rnn" else out  # activations over the projections
+    c0 = c0 if c0 is not None else h0
+    n_btiles = triton.cdiv(B, plan.block_b)
+    if plan.path == "resident":
+        hn = torch.empty(B, H, dtype=torch.float32, device=x.device)
+        cn = torch.empty_like(hn) if mode == "lstm" else hn
+        K.fwd_resident_kernel[(n_btiles,)](
+            xg, w_hh, b_hn, h0, c0, lens, out, cs, save, hn, cn, T, B, H,
+            BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
+        )  # fmt: skip
+    elif plan.path == "gemm":
+        hn = h0.float().clone()  # the state, frozen past each sequence's end
+        cn = c0.float().clone() if mode == "lstm" else hn
+        gh = torch.empty(B, _gate_width(mode) * H, dtype=dt, device=x.device)  # rows as the gate buffer's
+        grid = (n_btiles, triton.cdiv(H, plan.block_h))
+        common = dict(
+            BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **_cell_flags(mode, nonlinearity)
+        )
+        w_t = w_hh.t()
+        with _matmul_precision(dt):
+            for t in range(T):
+                # rows past their end read a zero output: their step is discarded anyway
+                torch.mm(h0 if t == 0 else out[t - 1], w_t, out=gh[:, :G])
+                K.fwd_cell_kernel[grid](xg, gh, b_hn, lens, hn, cn, out, cs, save, t, B, H, **common)
+    elif plan.path == "split":
+        hbuf = torch.empty(2, B, H, dtype=dt, device=x.device)  # h exchanged between programs
+        hbuf[0] = h0
+        hn = h0.float().clone()  # own columns' exact state between launches, then the result
+        cn = c0.float().clone() if mode == "lstm" else hn
+        n_h = triton.cdiv(H, plan.block_h)
+        common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
+        for tile0, tiles in _launches(n_btiles, n_h):
+            grid = (tiles * n_h,)
+            args = (xg, w_hh, b_hn, lens, hbuf, hn, cn, out, cs, save, _barrier(tiles, x.device), tile0)
+            if INTERPRETED:
+                for t in range(T):
+                    K.fwd_split_kernel[grid](*args, t, t + 1, B, H, n_h, 0, **common)
+            else:
+                K.fwd_split_kernel[grid](*args, 0, T, B, H, n_h, 1, **common)
+    else:
+        hbuf = torch.empty(2, B, H, dtype=torch.float32, device=x.device)
+        hbuf[0] = h0
+        cn = c0.float().clone() if mode == "lstm" else hbuf  # c only exists for LSTM
+        n_hblocks = triton.cdiv(H, plan.block_h)
+        common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
+        args = (xg, w_hh, b_hn, lens, hbuf, cn, out, cs, save)
+        if plan.path == "persistent":
+            hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
+            for tile0, tiles in _launches(n_btiles, n_hp):
+                K.fwd_blocked_kernel[(tiles * n_hp,)](
+                    *args, _barrier(tiles, x.device), tile0, 0, T, B, H, hb, n_hp, 1, **common, **flags
+                )
+        else:
+            bar = _barrier(n_btiles, x.device)
+            for t in range(T):
+                K.fwd_blocked_kernel[(n_btiles * n_hblocks,)](
+                    *args, bar, 0, t, t + 1, B, H, 1, n_hblocks, 0, **common, **flags
+                )
+        hn = hbuf[T % 2]
+    return out, cs, save, hn, cn
 
 
 class _TritonLayer(torch.autograd.Function):
@@ -261,103 +378,24 @@ class _TritonLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):  # noqa: D401
-        T, B, I = x.shape
-        H = w_hh.shape[1]
-        NG = NUM_GATES[mode]
-        G = NG * H
-        dt = x.dtype
-        flags = _flags(mode, nonlinearity, dt)
-        # Biases fold into the input projection, except GRU's b_hn, which the reset gate scales.
-        bias = None
-        b_hn = x.new_zeros(H)
-        if b_ih is not None:
-            bias = b_ih
-        if b_hh is not None:
-            if mode == "gru":
-                b_hn = b_hh[2 * H :].contiguous()
-                b_hh = torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)])
-            bias = b_hh if bias is None else bias + b_hh
-        x2 = x.reshape(T * B, I)  # (T*B, I)
-        with _matmul_precision(dt):
-            xg = x2 @ w_ih.t() if bias is None else torch.addmm(bias, x2, w_ih.t())  # (T*B, G)
-        xg = xg.view(T, B, G)
-
-        out = torch.empty(T, B, H, dtype=dt, device=x.device)
-        cs = torch.empty(T, B, H, dtype=dt, device=x.device) if mode == "lstm" else out
-        save = torch.empty(T, B, 4 * H, dtype=dt, device=x.device) if mode != "rnn" else out
         h0 = h0.contiguous()
-        c0 = c0.contiguous() if c0 is not None else h0
+        c0 = c0.contiguous() if c0 is not None else None
         w_hh = w_hh.contiguous()
-        n_btiles = triton.cdiv(B, plan.block_b)
-        if plan.path == "resident":
-            hn = torch.empty(B, H, dtype=torch.float32, device=x.device)
-            cn = torch.empty_like(hn) if mode == "lstm" else hn
-            K.fwd_resident_kernel[(n_btiles,)](
-                xg, w_hh, b_hn, h0, c0, lens, out, cs, save, hn, cn, T, B, H,
-                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
-            )  # fmt: skip
-        elif plan.path == "gemm":
-            hn = h0.float().clone()  # the state, frozen past each sequence's end
-            cn = c0.float().clone() if mode == "lstm" else hn
-            gh = torch.empty(B, G, dtype=dt, device=x.device)
-            grid = (n_btiles, triton.cdiv(H, plan.block_h))
-            common = dict(
-                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **_cell_flags(mode, nonlinearity)
-            )
-            w_t = w_hh.t()
-            with _matmul_precision(dt):
-                for t in range(T):
-                    # rows past their end read a zero output: their step is discarded anyway
-                    torch.mm(h0 if t == 0 else out[t - 1], w_t, out=gh)
-                    K.fwd_cell_kernel[grid](xg, gh, b_hn, lens, hn, cn, out, cs, save, t, B, H, **common)
-        elif plan.path == "split":
-            hbuf = torch.empty(2, B, H, dtype=dt, device=x.device)  # h exchanged between programs
-            hbuf[0] = h0
-            hn = h0.float().clone()  # own columns' exact state between launches, then the result
-            cn = c0.float().clone() if mode == "lstm" else hn
-            n_h = triton.cdiv(H, plan.block_h)
-            common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
-            for tile0, tiles in _launches(n_btiles, n_h):
-                grid = (tiles * n_h,)
-                args = (xg, w_hh, b_hn, lens, hbuf, hn, cn, out, cs, save, _barrier(tiles, x.device), tile0)
-                if INTERPRETED:
-                    for t in range(T):
-                        K.fwd_split_kernel[grid](*args, t, t + 1, B, H, n_h, 0, **common)
-                else:
-                    K.fwd_split_kernel[grid](*args, 0, T, B, H, n_h, 1, **common)
-        else:
-            hbuf = torch.empty(2, B, H, dtype=torch.float32, device=x.device)
-            hbuf[0] = h0
-            cn = c0.float().clone() if mode == "lstm" else hbuf  # c only exists for LSTM
-            n_hblocks = triton.cdiv(H, plan.block_h)
-            common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
-            args = (xg, w_hh, b_hn, lens, hbuf, cn, out, cs, save)
-            if plan.path == "persistent":
-                hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
-                for tile0, tiles in _launches(n_btiles, n_hp):
-                    K.fwd_blocked_kernel[(tiles * n_hp,)](
-                        *args, _barrier(tiles, x.device), tile0, 0, T, B, H, hb, n_hp, 1, **common, **flags
-                    )
-            else:
-                bar = _barrier(n_btiles, x.device)
-                for t in range(T):
-                    K.fwd_blocked_kernel[(n_btiles * n_hblocks,)](
-                        *args, bar, 0, t, t + 1, B, H, 1, n_hblocks, 0, **common, **flags
-                    )
-            hn = hbuf[T % 2]
+        out, cs, save, hn, cn = _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan)
         ctx.mode, ctx.nonlinearity, ctx.plan = mode, nonlinearity, plan
-        ctx.has_c0 = mode == "lstm"
-        ctx.bias_flags = (b_ih is not None, b_hh is not None)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, lens, out, cs, save)
-        h_n = hn.to(dt)
+        # the backward writes the gate gradients over ``save`` (LSTM, GRU): a second backward
+        # through the same graph (retain_graph) runs the forward kernels again for it
+        ctx.save_spent = False
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, out, cs, save)
+        h_n = hn.to(x.dtype)
         if mode == "lstm":
-            return out, h_n, cn.to(dt)
+            return out, h_n, cn.to(x.dtype)
         return out, h_n
 
     @staticmethod
     @once_differentiable  # the kernels are not differentiable: refuse double backward loudly
     def backward(ctx, dout, dh_n, dc_n=None):
-        x, h0, c0, w_ih, w_hh, lens, out, cs, save = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, out, cs, save = ctx.saved_tensors
         mode, plan = ctx.mode, ctx.plan
         T, B, I = x.shape
         H = w_hh.shape[1]
@@ -365,17 +403,23 @@ class _TritonLayer(torch.autograd.Function):
         dt = x.dtype
         flags = _flags(mode, ctx.nonlinearity, dt)
         dev = x.device
+        if mode == "rnn":
+            dg = torch.empty(T, B, H, dtype=dt, device=dev)
+        else:
+            if ctx.save_spent:
+                save = _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, ctx.nonlinearity, plan)[2]
+            ctx.save_spent = True
+            dg = save  # the gate gradients of each step go over its saved activations
+        c0 = c0 if c0 is not None else h0
         dout = torch.zeros_like(out) if dout is None else dout.contiguous()
         dh_n = torch.zeros(B, H, device=dev) if dh_n is None else dh_n.float().contiguous()
         dc_n = torch.zeros(B, H, device=dev) if dc_n is None else dc_n.float().contiguous()
-        dgi = torch.empty(T, B, G, dtype=dt, device=dev)
-        dgh = torch.empty_like(dgi) if mode == "gru" else dgi
         dh0 = torch.empty(B, H, dtype=torch.float32, device=dev)
         n_btiles = triton.cdiv(B, plan.block_b)
         if plan.path == "resident":
             dc0 = torch.empty_like(dh0)
             K.bwd_resident_kernel[(n_btiles,)](
-                w_hh, h0, c0, lens, out, cs, save, dout, dh_n, dc_n, dgi, dgh, dh0, dc0, T, B, H,
+                w_hh, h0, c0, lens, out, cs, save, dout, dh_n, dc_n, dg, dh0, dc0, T, B, H,
                 BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
             )  # fmt: skip
         elif plan.path == "gemm":
@@ -389,13 +433,16 @@ class _TritonLayer(torch.autograd.Function):
                 **_launch(plan),
                 **_cell_flags(mode, ctx.nonlinearity),
             )
-            args = (rec, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh)
+            args = (rec, h0, c0, lens, out, cs, save, dout, direct, dc0, dg)
             with _matmul_precision(dt):
                 for t in range(T - 1, -1, -1):
                     if t < T - 1:
-                        torch.mm(dgh[t + 1], w_hh, out=rec)
+                        for k, (a, w) in enumerate(_hidden_side(dg[t + 1], w_hh, mode)):
+                            torch.mm(a, w, out=rec) if k == 0 else rec.addmm_(a, w)
                     K.bwd_cell_kernel[grid](*args, t, B, H, int(t < T - 1), **common)
-                dh0.copy_(direct + (dgh[0] @ w_hh).float())
+                dh0.copy_(direct)
+                for a, w in _hidden_side(dg[0], w_hh, mode):
+                    dh0 += (a @ w).float()
         elif plan.path == "split":
             direct = dh_n.clone()
             dc0 = dc_n.clone()
@@ -403,7 +450,7 @@ class _TritonLayer(torch.autograd.Function):
             common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
             for tile0, tiles in _launches(n_btiles, n_h):
                 grid = (tiles * n_h,)
-                args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh, dh0)
+                args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dg, dh0)
                 args += (_barrier(tiles, dev), tile0)
                 if INTERPRETED:
                     for u in range(T, 0, -1):
@@ -416,7 +463,7 @@ class _TritonLayer(torch.autograd.Function):
             dc0 = dc_n.clone()
             n_hblocks = triton.cdiv(H, plan.block_h)
             common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
-            args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dgi, dgh, dh0)
+            args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dg, dh0)
             if plan.path == "persistent":
                 hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
                 for tile0, tiles in _launches(n_btiles, n_hp):
@@ -432,8 +479,8 @@ class _TritonLayer(torch.autograd.Function):
                     )
                 K.bwd_blocked_kernel[grid](*args, 0, 0, T, B, H, 1, n_hblocks, 0, 1, **common, **flags)
 
-        dgi2 = dgi.view(T * B, G)  # (T*B, G)
-        dgh2 = dgh.view(T * B, G)
+        dg2 = dg.view(T * B, -1)  # (T*B, GW*H)
+        dgi2 = dg2[:, :G]  # input side (T*B, G), rows strided by GW*H
         dx = dw_ih = dw_hh = None
         with _matmul_precision(dt):
             if ctx.needs_input_grad[0]:
@@ -442,18 +489,26 @@ class _TritonLayer(torch.autograd.Function):
                 dw_ih = dgi2.t() @ x.reshape(T * B, I)
             if ctx.needs_input_grad[4]:
                 # h before step t is h0 at t = 0 and out[t - 1] after (where it matters: valid steps)
-                dw_hh = dgh[0].t() @ h0
-                if T > 1:
-                    dw_hh = torch.addmm(dw_hh, dgh2[B:].t(), out[:-1].reshape((T - 1) * B, H))
-        has_bih, has_bhh = ctx.bias_flags
-        db_ih = (
-            torch.sum(dgi2, 0, dtype=torch.float32).to(dt) if has_bih and ctx.needs_input_grad[5] else None
-        )
-        db_hh = (
-            torch.sum(dgh2, 0, dtype=torch.float32).to(dt) if has_bhh and ctx.needs_input_grad[6] else None
-        )
+                dw_hh = torch.empty_like(w_hh)
+                row = 0
+                for a, w in _hidden_side(dg, w_hh, mode):
+                    part = dw_hh[row : row + w.shape[0]]
+                    torch.mm(a[0].t(), h0, out=part)
+                    if T > 1:
+                        part.addmm_(a[1:].reshape((T - 1) * B, -1).t(), out[:-1].reshape((T - 1) * B, H))
+                    row += w.shape[0]
+        has_bih, has_bhh = b_ih is not None, b_hh is not None
+        db_ih = db_hh = None
+        if has_bih and ctx.needs_input_grad[5]:
+            db_ih = torch.sum(dgi2, 0, dtype=torch.float32).to(dt)
+        if has_bhh and ctx.needs_input_grad[6]:
+            parts = [
+                torch.sum(a.reshape(T * B, -1), 0, dtype=torch.float32)
+                for a, _ in _hidden_side(dg, w_hh, mode)
+            ]
+            db_hh = torch.cat(parts).to(dt)
         dh0_out = dh0.to(h0.dtype) if ctx.needs_input_grad[1] else None
-        dc0_out = dc0.to(c0.dtype) if ctx.has_c0 and ctx.needs_input_grad[2] else None
+        dc0_out = dc0.to(c0.dtype) if mode == "lstm" and ctx.needs_input_grad[2] else None
         return dx, dh0_out, dc0_out, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
 
 

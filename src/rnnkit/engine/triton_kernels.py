@@ -31,12 +31,17 @@ Compiled variants are kept few, since each costs seconds to build: the time boun
 the launch options (``hb_per_prog``, ``n_h``, ``sync``, ``epilogue``) are runtime arguments that
 Triton does not specialise on (``do_not_specialize``).
 
-Layouts (all contiguous): ``xg`` ``(T, B, G)`` input projections with biases folded in (GRU
-keeps ``b_hn`` apart, the reset gate scales it); ``w`` ``(G, H)`` = ``weight_hh``; ``out``
-``(T, B, H)``; ``cs`` ``(T, B, H)`` LSTM cell states; ``save`` ``(T, B, 4H)`` gate activations
-(LSTM ``i, f, g, o``, GRU ``r, z, n, W_hn h + b_hn``); ``dgi``/``dgh`` ``(T, B, G)`` gradients
-of the input-side and hidden-side pre-activations (the same buffer except for GRU). Steps
-``t >= lens[b]`` freeze the state, write a zero output and a zero gate gradient.
+Layouts: ``w`` ``(G, H)`` = ``weight_hh``; ``out`` ``(T, B, H)``; ``cs`` ``(T, B, H)`` LSTM cell
+states. The gate-shaped buffers share one layout, ``(T, B, GW * H)`` with gate ``k`` in slot
+``k`` of each row (``GW`` 4 for LSTM and GRU, 1 for the RNN), so that one buffer serves all
+three in turn (:mod:`.triton_engine`): ``xg`` the input projections with biases folded in (GRU
+keeps ``b_hn`` apart, the reset gate scales it; slot 3 unused); ``save`` the gate activations
+the forward writes over them (LSTM ``i, f, g, o``, GRU ``r, z, n, W_hn h + b_hn``; the RNN saves
+nothing but ``out``); ``dgi`` the pre-activation gradients the backward writes over those (GRU:
+the input side's in slots 0-2, the hidden side's third gate in slot 3, its first two being the
+input side's). Each kernel reads a slot of a step before it writes that slot of that step, on
+the same program. Steps ``t >= lens[b]`` freeze the state, write a zero output and a zero gate
+gradient.
 """
 
 from __future__ import annotations
@@ -91,9 +96,34 @@ def _gate_tiles(ptr, mask, stride, NG: tl.constexpr):
 
 
 @triton.jit
-def _load_gates(ptr, mask, H, NG: tl.constexpr):
-    """The ``NG`` gate tiles of a ``(.., G)`` row block at ``ptr + k * H`` in fp32."""
-    x0, x1, x2, x3 = _gate_tiles(ptr, mask, H, NG)
+def _load4(ptr, mask, H):
+    """The four slots at ``ptr + k * H`` of a gate buffer's row block as one load of a ``(.., ..,
+    4)`` tile split in registers: one layout conversion where four loads need four."""
+    v = tl.load(ptr[:, :, None] + (tl.arange(0, 4) * H)[None, None, :], mask=mask[:, :, None], other=0.0)
+    v = tl.reshape(v, (v.shape[0], v.shape[1], 2, 2))  # [.., i, j]: slot 2 i + j
+    even, odd = tl.split(v)
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _store4(ptr, v0, v1, v2, v3, mask, H):
+    """Store four tiles to the slots at ``ptr + k * H`` as one ``(.., .., 2, 2)`` tile."""
+    v = tl.join(tl.join(v0, v1), tl.join(v2, v3))  # [.., k, m]: slot 2 m + k
+    k = tl.arange(0, 2)
+    off = (k * H)[None, None, :, None] + (k * (2 * H))[None, None, None, :]
+    tl.store(ptr[:, :, None, None] + off, v.to(ptr.dtype.element_ty), mask=mask[:, :, None, None])
+
+
+@triton.jit
+def _load_gates(ptr, mask, H, NG: tl.constexpr, PACK: tl.constexpr):
+    """The ``NG`` gate tiles of a gate buffer's row block at ``ptr + k * H`` in fp32 (``PACK``:
+    all four slots in one load; GRU's fourth is then loaded and unused)."""
+    if PACK and NG > 1:
+        x0, x1, x2, x3 = _load4(ptr, mask, H)
+    else:
+        x0, x1, x2, x3 = _gate_tiles(ptr, mask, H, NG)
     return x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
 
 
@@ -152,9 +182,11 @@ def _fwd_cell(p0, p1, p2, p3, x2, h, c, bhn, MODE: tl.constexpr, RELU: tl.conste
 
 
 @triton.jit
-def _store_saved(save_ptr, off, s0, s1, s2, s3, mask, H, MODE: tl.constexpr):
+def _store_saved(save_ptr, off, s0, s1, s2, s3, mask, H, MODE: tl.constexpr, PACK: tl.constexpr):
     """Store what the backward reads back of one step (LSTM and GRU; the RNN keeps only ``out``)."""
-    if MODE != 0:
+    if MODE != 0 and PACK:
+        _store4(save_ptr + off, s0, s1, s2, s3, mask, H)
+    elif MODE != 0:
         dt = save_ptr.dtype.element_ty
         tl.store(save_ptr + off, s0.to(dt), mask=mask)
         tl.store(save_ptr + off + H, s1.to(dt), mask=mask)
@@ -163,7 +195,23 @@ def _store_saved(save_ptr, off, s0, s1, s2, s3, mask, H, MODE: tl.constexpr):
 
 
 @triton.jit
-def _bwd_loads(t, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE: tl.constexpr):
+def _bwd_loads(
+    t,
+    m2,
+    st,
+    gt,
+    h0_ptr,
+    c0_ptr,
+    out_ptr,
+    cs_ptr,
+    save_ptr,
+    dout_ptr,
+    B,
+    H,
+    MODE: tl.constexpr,
+    GW: tl.constexpr,
+    PACK: tl.constexpr,
+):
     """What the backward of step ``t`` reads besides the state gradients, in fp32 (all zero for
     ``t < 0``, so a loop may fetch step ``t - 1`` while it works on step ``t``):
     ``(dout_t, s0, s1, s2, s3, a, b)``, ``s*`` as :func:`_fwd_cell` saved them and ``a, b``:
@@ -179,11 +227,7 @@ def _bwd_loads(t, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_pt
         s3 = a
         b = a
     else:
-        sp = save_ptr + t * (4 * BH) + sv
-        s0 = tl.load(sp, mask=m, other=0.0).to(tl.float32)
-        s1 = tl.load(sp + H, mask=m, other=0.0).to(tl.float32)
-        s2 = tl.load(sp + 2 * H, mask=m, other=0.0).to(tl.float32)
-        s3 = tl.load(sp + 3 * H, mask=m, other=0.0).to(tl.float32)
+        s0, s1, s2, s3 = _load_gates(save_ptr + t * (GW * BH) + gt, m, H, 4, PACK)
         if MODE == 1:
             a = tl.load(cs_ptr + t * BH + st, mask=m, other=0.0).to(tl.float32)
             b = _load_prev(c0_ptr, cs_ptr, t, st, m, BH)
@@ -209,20 +253,23 @@ def _bwd_cell(
     m2,
     gt,
     dgi_ptr,
-    dgh_ptr,
     B,
     H,
     MODE: tl.constexpr,
     NG: tl.constexpr,
+    GW: tl.constexpr,
     RELU: tl.constexpr,
+    PACK: tl.constexpr,
 ):
     """Backward of step ``t`` on one tile from :func:`_bwd_loads`' values: stores the gate
-    gradients and returns ``(d0, d1, d2, d3, direct, dc_prev)`` where ``d*`` are the hidden-side
-    pre-activation gradients (cast for the ``W_hh`` product) and ``direct`` the part of
-    ``dh_prev`` that does not go through ``W_hh``. Invalid rows get zero gate gradients and pass
-    ``dh``/``dc`` through."""
+    gradients over the saved values of step ``t`` (LSTM and GRU: ``dgi`` is the ``save`` buffer;
+    each slot's stored value depends on the value loaded from that slot, which orders the load
+    before the store whichever threads hold them) and returns ``(d0, d1, d2, d3, direct,
+    dc_prev)`` where ``d*`` are the hidden-side pre-activation gradients (cast for the ``W_hh``
+    product) and ``direct`` the part of ``dh_prev`` that does not go through ``W_hh``. Invalid
+    rows get zero gate gradients and pass ``dh``/``dc`` through."""
     dht = dh + dout
-    gi = dgi_ptr + t * (NG * B * H) + gt
+    gi = dgi_ptr + t * (GW * B * H) + gt
     cdt = dgi_ptr.dtype.element_ty
     if MODE == 0:
         if RELU:
@@ -248,10 +295,13 @@ def _bwd_cell(
         d1 = tl.where(valid, dct * c_p * f * (1.0 - f), 0.0).to(cdt)
         d2 = tl.where(valid, dct * i * (1.0 - g * g), 0.0).to(cdt)
         d3 = tl.where(valid, dht * tc * o * (1.0 - o), 0.0).to(cdt)
-        tl.store(gi, d0, mask=m2)
-        tl.store(gi + H, d1, mask=m2)
-        tl.store(gi + 2 * H, d2, mask=m2)
-        tl.store(gi + 3 * H, d3, mask=m2)
+        if PACK:
+            _store4(gi, d0, d1, d2, d3, m2, H)
+        else:
+            tl.store(gi, d0, mask=m2)
+            tl.store(gi + H, d1, mask=m2)
+            tl.store(gi + 2 * H, d2, mask=m2)
+            tl.store(gi + 3 * H, d3, mask=m2)
         direct = tl.where(valid, 0.0, dh)
         dc_prev = tl.where(valid, dct * f, dc)
     else:
@@ -265,13 +315,17 @@ def _bwd_cell(
         d1 = tl.where(valid, dht * (hp - n) * z * (1.0 - z), 0.0).to(cdt)
         d2 = tl.where(valid, dpn * r, 0.0).to(cdt)  # through W_hn h + b_hn
         d3 = d2
-        tl.store(gi, d0, mask=m2)
-        tl.store(gi + H, d1, mask=m2)
-        tl.store(gi + 2 * H, tl.where(valid, dpn, 0.0).to(cdt), mask=m2)  # through W_in x + b_in
-        gh = dgh_ptr + t * (NG * B * H) + gt
-        tl.store(gh, d0, mask=m2)
-        tl.store(gh + H, d1, mask=m2)
-        tl.store(gh + 2 * H, d2, mask=m2)
+        dn = tl.where(valid, dpn, 0.0).to(cdt)  # through W_in x + b_in
+        # the hidden side's third gate (through W_hn h + b_hn) goes to slot 3, over the saved
+        # ``W_hn h + b_hn``; the select on ``hn`` makes the store depend on that slot's load
+        dhn = tl.where(hn == hn, d2, hn.to(cdt))
+        if PACK:
+            _store4(gi, d0, d1, dn, dhn, m2, H)
+        else:
+            tl.store(gi, d0, mask=m2)
+            tl.store(gi + H, d1, mask=m2)
+            tl.store(gi + 2 * H, dn, mask=m2)
+            tl.store(gi + 3 * H, dhn, mask=m2)
         direct = tl.where(valid, dht * z, dh)
         dc_prev = dc
     return d0, d1, d2, d3, direct, dc_prev
@@ -300,7 +354,9 @@ def fwd_resident_kernel(
     H,
     MODE: tl.constexpr,
     NG: tl.constexpr,
+    GW: tl.constexpr,
     RELU: tl.constexpr,
+    PACK: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -314,8 +370,7 @@ def fwd_resident_kernel(
     m2 = rmask[:, None] & cmask[None, :]
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
     st = rows[:, None] * H + cols[None, :]  # (BLOCK_B, BLOCK_H) offsets into (B, H)
-    gt = rows[:, None] * (NG * H) + cols[None, :]  # gate-0 offsets into (B, G)
-    sv = rows[:, None] * (4 * H) + cols[None, :]  # offsets into (B, 4H)
+    gt = rows[:, None] * (GW * H) + cols[None, :]  # gate-0 offsets into (B, G)
     # W_hh^T per gate, (BLOCK_H in, BLOCK_H out): loaded once, reused by every step
     wt = cols[None, :] * H + cols[:, None]
     wm = cmask[None, :] & cmask[:, None]
@@ -326,16 +381,16 @@ def fwd_resident_kernel(
     if MODE == 1:
         c = tl.load(c0_ptr + st, mask=m2, other=0.0).to(tl.float32)
     BH = B * H
-    x0, x1, x2, x3 = _load_gates(xg_ptr + gt, m2, H, NG)
+    x0, x1, x2, x3 = _load_gates(xg_ptr + gt, m2, H, NG, PACK)
     for t in range(T):
         valid = (t < lens)[:, None]
         # the next step's input projections, fetched while this step computes
         nm = m2 & ((t + 1 + tl.zeros_like(rows)) < T)[:, None]
-        n0, n1, n2, n3 = _load_gates(xg_ptr + (t + 1) * (NG * BH) + gt, nm, H, NG)
+        n0, n1, n2, n3 = _load_gates(xg_ptr + (t + 1) * (GW * BH) + gt, nm, H, NG, PACK)
         hb = h.to(w_ptr.dtype.element_ty)
         p0, p1, p2, p3 = _hidden_products(hb, w0, w1, w2, w3, x0, x1, x2, x3, NG, MODE, PRECISION, UPCAST)
         h_new, c_new, s0, s1, s2, s3 = _fwd_cell(p0, p1, p2, p3, x2, h, c, bhn, MODE, RELU)
-        _store_saved(save_ptr, t * (4 * BH) + sv, s0, s1, s2, s3, m2, H, MODE)
+        _store_saved(save_ptr, t * (GW * BH) + gt, s0, s1, s2, s3, m2, H, MODE, PACK)
         if MODE == 1:
             c = tl.where(valid, c_new, c)
             tl.store(cs_ptr + t * BH + st, c.to(cs_ptr.dtype.element_ty), mask=m2)
@@ -363,7 +418,6 @@ def bwd_resident_kernel(
     dhn_ptr,
     dcn_ptr,
     dgi_ptr,
-    dgh_ptr,
     dh0_ptr,
     dc0_ptr,
     T,
@@ -371,7 +425,9 @@ def bwd_resident_kernel(
     H,
     MODE: tl.constexpr,
     NG: tl.constexpr,
+    GW: tl.constexpr,
     RELU: tl.constexpr,
+    PACK: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -385,8 +441,7 @@ def bwd_resident_kernel(
     m2 = rmask[:, None] & cmask[None, :]
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
     st = rows[:, None] * H + cols[None, :]
-    gt = rows[:, None] * (NG * H) + cols[None, :]
-    sv = rows[:, None] * (4 * H) + cols[None, :]
+    gt = rows[:, None] * (GW * H) + cols[None, :]
     # W_hh per gate as stored, (BLOCK_H out, BLOCK_H in): dh_prev = sum_k d_k @ W_k
     wo = cols[:, None] * H + cols[None, :]
     wm = cmask[:, None] & cmask[None, :]
@@ -394,17 +449,17 @@ def bwd_resident_kernel(
     dh = tl.load(dhn_ptr + st, mask=m2, other=0.0).to(tl.float32)
     dc = tl.load(dcn_ptr + st, mask=m2, other=0.0).to(tl.float32)
     l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
-        T - 1, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+        T - 1, m2, st, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE, GW, PACK
     )
     for s in range(T):
         t = T - 1 - s
         valid = (t < lens)[:, None]
         # the previous step's reads, fetched while this step computes
         n0, n1, n2, n3, n4, n5, n6 = _bwd_loads(
-            t - 1, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+            t - 1, m2, st, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE, GW, PACK
         )
         d0, d1, d2, d3, direct, dc = _bwd_cell(
-            dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU
+            dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, B, H, MODE, NG, GW, RELU, PACK
         )
         acc = _mm(d0, w0, direct, PRECISION, UPCAST)
         if NG > 1:
@@ -451,7 +506,9 @@ def fwd_blocked_kernel(
     sync,
     MODE: tl.constexpr,
     NG: tl.constexpr,
+    GW: tl.constexpr,
     RELU: tl.constexpr,
+    PACK: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -482,9 +539,8 @@ def fwd_blocked_kernel(
             cmask = cols < H
             m2 = rmask[:, None] & cmask[None, :]
             st = rows[:, None] * H + cols[None, :]
-            x0, x1, x2, x3 = _load_gates(
-                xg_ptr + t * (NG * BH) + rows[:, None] * (NG * H) + cols[None, :], m2, H, NG
-            )
+            gt = rows[:, None] * (GW * H) + cols[None, :]
+            x0, x1, x2, x3 = _load_gates(xg_ptr + t * (GW * BH) + gt, m2, H, NG, PACK)
             acc0 = x0
             acc1 = x1
             acc2 = x2
@@ -514,8 +570,7 @@ def fwd_blocked_kernel(
                 c = tl.load(cbuf_ptr + st, mask=m2, other=0.0)
             bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
             h_new, c_new, s0, s1, s2, s3 = _fwd_cell(acc0, acc1, acc2, acc3, x2, h, c, bhn, MODE, RELU)
-            sv = rows[:, None] * (4 * H) + cols[None, :]
-            _store_saved(save_ptr, t * (4 * BH) + sv, s0, s1, s2, s3, m2, H, MODE)
+            _store_saved(save_ptr, t * (GW * BH) + gt, s0, s1, s2, s3, m2, H, MODE, PACK)
             if MODE == 1:
                 c = tl.where(valid, c_new, c)
                 tl.store(cbuf_ptr + st, c, mask=m2)
@@ -545,25 +600,32 @@ def _hidden_grad_block(
     rmask,
     cols,
     cmask,
+    MODE: tl.constexpr,
     NG: tl.constexpr,
+    GW: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """``dh`` flowing into step ``u - 1`` on one tile: ``direct + sum_k dg[u, :, k] @ W_k``
+    """``dh`` flowing into step ``u - 1`` on one tile: ``direct + sum_k dg[u, :, k] @ W_k`` (the
+    hidden-side gate gradients; GRU's third in slot 3)
     (``dg[u]`` is zero past the last step, ``u == T``)."""
     st = rows[:, None] * H + cols[None, :]
     acc = tl.load(direct_ptr + st, mask=rmask[:, None] & cmask[None, :], other=0.0, cache_modifier=".cg")
     live = (u + tl.zeros_like(rows)) < T  # a tensor: the interpreter rejects scalar masks
     kk = tl.arange(0, BLOCK_K)
-    base = dg_ptr + u * (B * NG * H) + rows[:, None] * (NG * H)
+    base = dg_ptr + u * (B * GW * H) + rows[:, None] * (GW * H)
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + kk
         kmask = ks < H
         am = (rmask & live)[:, None] & kmask[None, :]
         wm = kmask[:, None] & cmask[None, :]
         for gate in tl.static_range(NG):
-            a = tl.load(base + gate * H + ks[None, :], mask=am, other=0.0, cache_modifier=".cg")
+            slot = gate
+            if MODE == 2:
+                if gate == 2:
+                    slot = 3  # GRU's hidden-side third gate (see _bwd_cell)
+            a = tl.load(base + slot * H + ks[None, :], mask=am, other=0.0, cache_modifier=".cg")
             w = tl.load(w_ptr + (gate * H + ks)[:, None] * H + cols[None, :], mask=wm, other=0.0)
             acc = _mm(a, w, acc, PRECISION, UPCAST)
     return acc
@@ -582,7 +644,6 @@ def bwd_blocked_kernel(
     direct_ptr,
     dc_ptr,
     dgi_ptr,
-    dgh_ptr,
     dh0_ptr,
     bar_ptr,
     tile0,
@@ -597,7 +658,9 @@ def bwd_blocked_kernel(
     epilogue,
     MODE: tl.constexpr,
     NG: tl.constexpr,
+    GW: tl.constexpr,
     RELU: tl.constexpr,
+    PACK: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -623,10 +686,9 @@ def bwd_blocked_kernel(
             cmask = cols < H
             m2 = rmask[:, None] & cmask[None, :]
             st = rows[:, None] * H + cols[None, :]
-            gt = rows[:, None] * (NG * H) + cols[None, :]
-            sv = rows[:, None] * (4 * H) + cols[None, :]
+            gt = rows[:, None] * (GW * H) + cols[None, :]
             dh = _hidden_grad_block(
-                dgh_ptr,
+                dgi_ptr,
                 w_ptr,
                 direct_ptr,
                 u,
@@ -637,17 +699,19 @@ def bwd_blocked_kernel(
                 rmask,
                 cols,
                 cmask,
+                MODE,
                 NG,
+                GW,
                 BLOCK_K,
                 PRECISION,
                 UPCAST,
             )
             l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
-                t, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+                t, m2, st, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE, GW, PACK
             )
             dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
             d0, d1, d2, d3, direct, dc = _bwd_cell(
-                dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU
+                dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, B, H, MODE, NG, GW, RELU, PACK
             )
             tl.store(direct_ptr + st, direct, mask=m2)
             if MODE == 1:
@@ -660,7 +724,7 @@ def bwd_blocked_kernel(
             cols = (pid_h * hb_per_prog + jj) * BLOCK_H + tl.arange(0, BLOCK_H)
             cmask = cols < H
             dh = _hidden_grad_block(
-                dgh_ptr,
+                dgi_ptr,
                 w_ptr,
                 direct_ptr,
                 u_lo,
@@ -671,7 +735,9 @@ def bwd_blocked_kernel(
                 rmask,
                 cols,
                 cmask,
+                MODE,
                 NG,
+                GW,
                 BLOCK_K,
                 PRECISION,
                 UPCAST,
@@ -746,7 +812,9 @@ def fwd_split_kernel(
     sync,
     MODE: tl.constexpr,
     NG: tl.constexpr,
+    GW: tl.constexpr,
     RELU: tl.constexpr,
+    PACK: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     HP: tl.constexpr,
@@ -786,18 +854,17 @@ def fwd_split_kernel(
         c = tl.load(cst_ptr + st, mask=m2, other=0.0)
     failed = 0
     BH = B * H
-    gt = rows[:, None] * (NG * H) + cols[None, :]
-    sv = rows[:, None] * (4 * H) + cols[None, :]
-    x0, x1, x2, x3 = _load_gates(xg_ptr + t_begin * (NG * BH) + gt, m2, H, NG)
+    gt = rows[:, None] * (GW * H) + cols[None, :]
+    x0, x1, x2, x3 = _load_gates(xg_ptr + t_begin * (GW * BH) + gt, m2, H, NG, PACK)
     for t in range(t_begin, t_end):
         valid = (t < lens)[:, None]
         # the next step's input projections, fetched while this step waits and computes
         nm = m2 & ((t + 1 + tl.zeros_like(rows)) < t_end)[:, None]
-        n0, n1, n2, n3 = _load_gates(xg_ptr + (t + 1) * (NG * BH) + gt, nm, H, NG)
+        n0, n1, n2, n3 = _load_gates(xg_ptr + (t + 1) * (GW * BH) + gt, nm, H, NG, PACK)
         hk = tl.load(hx_ptr + (t % 2) * BH + hrow, mask=hm, other=0.0, cache_modifier=".cg")
         p0, p1, p2, p3 = _hidden_products(hk, w0, w1, w2, w3, x0, x1, x2, x3, NG, MODE, PRECISION, UPCAST)
         h_new, c_new, s0, s1, s2, s3 = _fwd_cell(p0, p1, p2, p3, x2, h, c, bhn, MODE, RELU)
-        _store_saved(save_ptr, t * (4 * BH) + sv, s0, s1, s2, s3, m2, H, MODE)
+        _store_saved(save_ptr, t * (GW * BH) + gt, s0, s1, s2, s3, m2, H, MODE, PACK)
         if MODE == 1:
             c = tl.where(valid, c_new, c)
             tl.store(cs_ptr + t * BH + st, c.to(cs_ptr.dtype.element_ty), mask=m2)
@@ -832,7 +899,6 @@ def bwd_split_kernel(
     direct_ptr,
     dc_ptr,
     dgi_ptr,
-    dgh_ptr,
     dh0_ptr,
     bar_ptr,
     tile0,
@@ -846,7 +912,9 @@ def bwd_split_kernel(
     epilogue,
     MODE: tl.constexpr,
     NG: tl.constexpr,
+    GW: tl.constexpr,
     RELU: tl.constexpr,
+    PACK: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     HP: tl.constexpr,
@@ -854,7 +922,7 @@ def bwd_split_kernel(
     UPCAST: tl.constexpr,
 ):
     """Stages ``u_hi >= u > u_lo`` of the backward on the grid of :func:`fwd_split_kernel`; stage
-    ``u`` finishes ``dh`` for step ``u - 1`` on the own columns, ``direct + sum_k dgh[u, :, k] @
+    ``u`` finishes ``dh`` for step ``u - 1`` on the own columns, ``direct + sum_k dg[u, :, k] @
     W_k[:, cols]`` (``W_hh`` column slices kept on chip), then runs the backward of step ``u - 1``
     there; with ``sync`` a barrier follows each stage, since the next one reads the gate
     gradients of every column. ``direct``/``dc`` ``(B, H)`` fp32 carry the part of ``dh`` that
@@ -869,9 +937,8 @@ def bwd_split_kernel(
     m2 = rmask[:, None] & cmask[None, :]
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
     st = rows[:, None] * H + cols[None, :]
-    gt = rows[:, None] * (NG * H) + cols[None, :]
-    sv = rows[:, None] * (4 * H) + cols[None, :]
-    grow = rows[:, None] * (NG * H) + ks[None, :]
+    gt = rows[:, None] * (GW * H) + cols[None, :]
+    grow = rows[:, None] * (GW * H) + ks[None, :]
     wo = ks[:, None] * H + cols[None, :]  # W slice as stored (HP out, BLOCK_H in) of gate 0
     wm = kmask[:, None] & cmask[None, :]
     w0, w1, w2, w3 = _gate_tiles(w_ptr + wo, wm, H * H, NG)
@@ -880,7 +947,7 @@ def bwd_split_kernel(
     failed = 0
     BH = B * H
     l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
-        u_hi - 1, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+        u_hi - 1, m2, st, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE, GW, PACK
     )
     for s in range(u_hi - u_lo + epilogue):
         u = u_hi - s
@@ -889,16 +956,16 @@ def bwd_split_kernel(
         if u - 1 <= u_lo:
             nt = -1
         n0, n1, n2, n3, n4, n5, n6 = _bwd_loads(
-            nt, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+            nt, m2, st, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE, GW, PACK
         )
-        # dgh[u] is zero past the last step (u == T): mask its loads off
+        # dg[u] is zero past the last step (u == T): mask its loads off
         gm = (rmask & ((u + tl.zeros_like(rows)) < T))[:, None] & kmask[None, :]
-        base = dgh_ptr + u * (NG * BH) + grow
+        base = dgi_ptr + u * (GW * BH) + grow
         dh = _mm(tl.load(base, mask=gm, other=0.0, cache_modifier=".cg"), w0, direct, PRECISION, UPCAST)
         if NG > 1:
             a1 = tl.load(base + H, mask=gm, other=0.0, cache_modifier=".cg")
             dh = _mm(a1, w1, dh, PRECISION, UPCAST)
-            a2 = tl.load(base + 2 * H, mask=gm, other=0.0, cache_modifier=".cg")
+            a2 = tl.load(base + (3 if MODE == 2 else 2) * H, mask=gm, other=0.0, cache_modifier=".cg")
             dh = _mm(a2, w2, dh, PRECISION, UPCAST)
         if NG > 3:
             a3 = tl.load(base + 3 * H, mask=gm, other=0.0, cache_modifier=".cg")
@@ -907,7 +974,7 @@ def bwd_split_kernel(
             t = u - 1
             valid = (t < lens)[:, None]
             d0, d1, d2, d3, direct, dc = _bwd_cell(
-                dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU
+                dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, B, H, MODE, NG, GW, RELU, PACK
             )
             if sync:
                 failed = _step_barrier(bar_ptr + 2 + pid_b, (s + 1) * n_h, failed)
@@ -950,7 +1017,9 @@ def fwd_cell_kernel(
     H,
     MODE: tl.constexpr,
     NG: tl.constexpr,
+    GW: tl.constexpr,
     RELU: tl.constexpr,
+    PACK: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -963,12 +1032,11 @@ def fwd_cell_kernel(
     cmask = cols < H
     m2 = rmask[:, None] & cmask[None, :]
     st = rows[:, None] * H + cols[None, :]
-    gt = rows[:, None] * (NG * H) + cols[None, :]
-    sv = rows[:, None] * (4 * H) + cols[None, :]
+    gt = rows[:, None] * (GW * H) + cols[None, :]
     BH = B * H
     valid = (t < tl.load(lens_ptr + rows, mask=rmask, other=0))[:, None]
-    x0, x1, x2, x3 = _load_gates(xg_ptr + t * (NG * BH) + gt, m2, H, NG)
-    g0, g1, g2, g3 = _load_gates(gh_ptr + gt, m2, H, NG)
+    x0, x1, x2, x3 = _load_gates(xg_ptr + t * (GW * BH) + gt, m2, H, NG, PACK)
+    g0, g1, g2, g3 = _load_gates(gh_ptr + gt, m2, H, NG, PACK)
     p2 = x2 + g2
     if MODE == 2:
         p2 = g2  # GRU: W_hn h stays apart from its input part
@@ -978,7 +1046,7 @@ def fwd_cell_kernel(
     if MODE == 1:
         c = tl.load(cst_ptr + st, mask=m2, other=0.0)
     h_new, c_new, s0, s1, s2, s3 = _fwd_cell(x0 + g0, x1 + g1, p2, x3 + g3, x2, h, c, bhn, MODE, RELU)
-    _store_saved(save_ptr, t * (4 * BH) + sv, s0, s1, s2, s3, m2, H, MODE)
+    _store_saved(save_ptr, t * (GW * BH) + gt, s0, s1, s2, s3, m2, H, MODE, PACK)
     if MODE == 1:
         c = tl.where(valid, c_new, c)
         tl.store(cst_ptr + st, c, mask=m2)
@@ -1000,31 +1068,32 @@ def bwd_cell_kernel(
     direct_ptr,
     dc_ptr,
     dgi_ptr,
-    dgh_ptr,
     t,
     B,
     H,
     has_rec,
     MODE: tl.constexpr,
     NG: tl.constexpr,
+    GW: tl.constexpr,
     RELU: tl.constexpr,
+    PACK: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
     """The backward of step ``t`` on a ``(batch tiles, hidden blocks)`` grid: ``dh`` is
-    ``direct`` plus, with ``has_rec``, ``rec`` ``(B, H)`` = ``dgh[t + 1] @ W_hh`` from the host;
-    writes the gate gradients of step ``t`` and updates ``direct``/``dc`` ``(B, H)`` fp32."""
+    ``direct`` plus, with ``has_rec``, ``rec`` ``(B, H)`` from the host (the hidden-side gate
+    gradients of step ``t + 1`` times ``W_hh``); writes the gate gradients of step ``t`` and
+    updates ``direct``/``dc`` ``(B, H)`` fp32."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     cmask = cols < H
     m2 = rmask[:, None] & cmask[None, :]
     st = rows[:, None] * H + cols[None, :]
-    gt = rows[:, None] * (NG * H) + cols[None, :]
-    sv = rows[:, None] * (4 * H) + cols[None, :]
+    gt = rows[:, None] * (GW * H) + cols[None, :]
     valid = (t < tl.load(lens_ptr + rows, mask=rmask, other=0))[:, None]
     l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
-        t, m2, st, sv, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE
+        t, m2, st, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE, GW, PACK
     )
     rm = m2 & ((has_rec + tl.zeros_like(rows)) > 0)[:, None]
     dh = tl.load(direct_ptr + st, mask=m2, other=0.0) + tl.load(rec_ptr + st, mask=rm, other=0.0).to(
@@ -1032,7 +1101,7 @@ def bwd_cell_kernel(
     )
     dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
     d0, d1, d2, d3, direct, dc = _bwd_cell(
-        dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, dgh_ptr, B, H, MODE, NG, RELU
+        dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, B, H, MODE, NG, GW, RELU, PACK
     )
     tl.store(direct_ptr + st, direct, mask=m2)
     tl.store(dc_ptr + st, dc, mask=m2)
