@@ -186,7 +186,8 @@ def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
 #: 16-column slices, twice the programs and L2 reads of the default's 32; ``persistent1``: the persistent
 #: path's reduction loop not software-pipelined; ``resident2``: the resident path on 2 warps,
 #: fewer threads to synchronise per step where H <= 64; ``*_packed``: LSTM/GRU gate slots loaded and
-#: stored as one tile, ``Plan.packed_io``).
+#: stored as one tile, ``Plan.packed_io``; ``persistent64``/``split64``: 64-row batch tiles where
+#: B >= 64, whose products compile to Hopper's wgmma instead of mma.sync, benchmarks/results/gpu_notes.md).
 ALL_EXTRA_PATHS = (
     "resident",
     "resident2",
@@ -194,9 +195,11 @@ ALL_EXTRA_PATHS = (
     "split",
     "split_packed",
     "split16",
+    "split64",
     "gemm",
     "persistent",
     "persistent1",
+    "persistent64",
     "stepwise",
 )
 
@@ -211,6 +214,18 @@ def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
     if name in ("resident_packed", "split_packed"):
         plan = _variant_plan(name.removesuffix("_packed"), mode, B, H, dtype)
         return dataclasses.replace(plan, packed_io=True) if plan is not None and mode != "rnn" else None
+    if name in ("persistent64", "split64") and B < 64:
+        return None
+    if name == "persistent64":
+        return dataclasses.replace(te.plan_for(mode, B, H, dtype, "persistent"), block_b=64)
+    if name == "split64":
+        plan = te.split_plan(mode, B, H, dtype)
+        elt = torch.empty(0, dtype=dtype).element_size()
+        fits = (
+            plan is not None
+            and (te.NUM_GATES[mode] * plan.block_h + 64) * te._hp(H) * elt <= te.SPLIT_MAX_BYTES
+        )
+        return dataclasses.replace(plan, block_b=64) if fits else None
     if name == "resident2":
         plan = te.plan_for(mode, B, H, dtype, "resident")
         return dataclasses.replace(plan, num_warps=2) if plan.block_h <= 64 else None

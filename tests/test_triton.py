@@ -161,6 +161,15 @@ def test_several_batch_tiles(mode, path, H):
     _check(mode, 20, 5, 5, H, torch.float32, _plan(mode, path, torch.float32, H=H), lengths=lengths)
 
 
+@pytest.mark.parametrize("mode, path", [("lstm", "split"), ("gru", "persistent")])
+def test_sixty_four_row_batch_tiles(mode, path):
+    # the 64-row tiles benchmarks time where B >= 64 (wgmma-sized products): a full tile and a
+    # ragged one
+    lengths = [(7 * b) % 4 + 1 for b in range(70)]
+    plan = te.Plan(path, block_b=64, block_h=16, block_k=16, num_warps=8)
+    _check(mode, 70, 4, 3, 24, torch.float32, plan, lengths=lengths)
+
+
 @pytest.mark.parametrize("mode, path, B", [("lstm", "split", 20), ("gru", "persistent", 40)])
 def test_barrier_paths_launch_whole_tiles_in_groups_that_fit_the_gpu(monkeypatch, mode, path, B):
     # a GPU of 2 multiprocessors: split (two programs per 16-row tile) launches one tile at a
