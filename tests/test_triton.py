@@ -248,6 +248,78 @@ def test_split_plan_fits_the_chip_or_declines():
     assert te.plan_for("lstm", 16, 1024, torch.float32, path="split").path == "split"
 
 
+@pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("B, H", [(3, 24), (16, 128), (64, 512), (256, 1024)])
+def test_candidate_plans_start_with_the_default_and_are_distinct(mode, B, H):
+    plans = te.candidate_plans(mode, B, H, torch.bfloat16)
+    assert plans[0] == te.plan_for(mode, B, H, torch.bfloat16)
+    assert len(set(plans)) == len(plans) >= 2
+    assert all(p.path in ("resident", "split", "persistent") for p in plans)
+    on_chip = any(p.path in ("resident", "split") for p in plans)  # none at H = 1024
+    assert any(p.packed_io for p in plans) == (mode != "rnn" and on_chip)
+    assert any(p.block_b == 64 for p in plans) == (B >= 64)
+
+
+@pytest.fixture
+def _tuning(monkeypatch):
+    """``cudnn.benchmark`` on and an empty tuning cache, as a fresh process that set it."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(te, "TUNED", {})
+
+
+def test_tuning_times_every_candidate_once_and_runs_the_fastest(monkeypatch, _tuning):
+    x, state, weights = _problem("gru", 3, 5, 4, 24, torch.float32)
+    fastest = te.split_plan("gru", 3, 24, torch.float32, 16)
+    timed, ran = [], []
+
+    def fake_seconds(fn, repeats):
+        fn()  # the candidate really runs (once here, for speed)
+        timed.append(ran[-1])
+        return 1.0 if ran[-1] == fastest else 2.0
+
+    real_run = te._TritonLayer.apply
+    monkeypatch.setattr(te, "_seconds", fake_seconds)
+    monkeypatch.setattr(te._TritonLayer, "apply", lambda *a: ran.append(a[-1]) or real_run(*a))
+    lens = torch.tensor([5, 2, 4])
+    for _ in range(2):
+        ours = _run_and_grad(te.run, "gru", x, state, weights, lens, "tanh")
+    assert sorted(map(repr, timed)) == sorted(map(repr, te.candidate_plans("gru", 3, 24, torch.float32)))
+    assert ran[len(timed) :] == [fastest, fastest]  # both real calls, no second tuning
+    assert list(te.TUNED.values()) == [fastest] and list(te.TUNED)[0][-1] is True  # with backward
+    theirs = _run_and_grad(reference.run, "gru", x, state, weights, lens, "tanh")
+    for a, b in zip(ours, theirs, strict=True):
+        assert _rel_err(a, b) < 2e-5
+
+
+def test_tuning_skips_a_failing_candidate_and_tunes_inference_apart(monkeypatch, _tuning):
+    x, state, weights = _problem("lstm", 2, 3, 4, 16, torch.float32)
+    default = te.plan_for("lstm", 2, 16, torch.float32)
+
+    calls = []
+
+    def seconds(fn, repeats):
+        calls.append(1)
+        if len(calls) == 1:  # the default, first: fails
+            raise RuntimeError("out of resources")
+        return float(len(calls))
+
+    monkeypatch.setattr(te, "_seconds", seconds)
+    with torch.no_grad():
+        out, _ = te.run("lstm", x, state, weights)
+    ((key, plan),) = te.TUNED.items()
+    assert key[-1] is False  # forward only: no gradient was wanted
+    assert plan == te.candidate_plans("lstm", 2, 16, torch.float32)[1] != default
+    ref, _ = reference.run("lstm", x, state, weights)
+    assert _rel_err(out, ref) < 2e-5
+
+
+def test_tuning_for_real_on_a_tiny_problem(_tuning):
+    x, state, weights = _problem("rnn", 2, 3, 4, 16, torch.float32)
+    plan = te.tune("rnn", x, state, weights, repeats=1)
+    assert plan in te.candidate_plans("rnn", 2, 16, torch.float32)
+    assert te.tune("rnn", x, state, weights) is plan  # remembered
+
+
 def test_plan_rejects_bad_blocks():
     with pytest.raises(ValueError, match="block_h must be a power of two"):
         te.Plan("persistent", block_h=24)
@@ -399,6 +471,14 @@ def test_gpu_split_with_more_programs_than_multiprocessors():
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
 def test_gpu_default_plan_at_a_benchmark_size(mode):
     _check(mode, 16, 64, 256, 256, torch.bfloat16, None)
+
+
+@needs_cuda
+def test_gpu_tuned_plan_at_a_benchmark_size(_tuning):
+    # every candidate compiles and runs on the GPU (a failing one would only be skipped: the
+    # log says which), and the plan chosen is correct
+    _check("lstm", 64, 32, 128, 512, torch.bfloat16, None)
+    assert len(te.TUNED) == 1
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru"])

@@ -28,6 +28,10 @@ Works on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (for tests
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
+import statistics
+import time
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +53,18 @@ except ImportError:  # pragma: no cover - triton is an optional extra
     AVAILABLE = False
     INTERPRETED = False
 
-__all__ = ["AVAILABLE", "INTERPRETED", "PATHS", "Plan", "plan_for", "run", "supports"]
+__all__ = [
+    "AVAILABLE",
+    "INTERPRETED",
+    "PATHS",
+    "TUNED",
+    "Plan",
+    "candidate_plans",
+    "plan_for",
+    "run",
+    "supports",
+    "tune",
+]
 
 MODE_CODE = {"rnn": 0, "lstm": 1, "gru": 2}
 NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -178,6 +193,112 @@ def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: 
     # 64x32 tiles, 8 warps, the reduction loop pipelined two deep: 1.3-1.6x faster than unpipelined
     # on an H100 despite a few spilled registers (benchmarks/compile_check.py)
     return Plan(path, block_b, block_h=min(64, HP), block_k=min(32, HP), num_warps=8, num_stages=2)
+
+
+def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> list[Plan]:
+    """The distinct plans :func:`tune` times at this size, the default first: ``resident`` where
+    ``W_hh`` fits one program (also on 2 warps up to ``H`` = 64), ``split`` with 16- and 32-column
+    slices and, for ``B`` >= 64, 64-row batch tiles (wgmma-sized products) where they fit,
+    ``persistent`` with 16/32- and 64-row tiles, and the packed gate I/O of LSTM and GRU. Not
+    ``gemm`` or ``stepwise``: launch-bound, slower at every size measured."""
+    elt = torch.empty(0, dtype=dtype).element_size()
+    HP = _hp(hidden_size)
+    plans = [plan_for(mode, batch, hidden_size, dtype)]
+    if NUM_GATES[mode] * HP * HP * elt <= SPLIT_MAX_BYTES:  # W_hh on chip, past the default's bound
+        resident = plan_for(mode, batch, hidden_size, dtype, "resident")
+        plans.append(resident)
+        if HP <= 64:
+            plans.append(dataclasses.replace(resident, num_warps=2))
+    for block_h in (16, 32):
+        split = split_plan(mode, batch, hidden_size, dtype, block_h)
+        if split is None:
+            continue
+        plans.append(split)
+        if batch >= 64 and (NUM_GATES[mode] * block_h + 64) * HP * elt <= SPLIT_MAX_BYTES:
+            plans.append(dataclasses.replace(split, block_b=64))
+    persistent = plan_for(mode, batch, hidden_size, dtype, "persistent")
+    plans.append(persistent)
+    if batch >= 64:
+        plans.append(dataclasses.replace(persistent, block_b=64))
+    if mode != "rnn":
+        plans += [dataclasses.replace(p, packed_io=True) for p in plans if p.path in ("resident", "split")]
+    return list(dict.fromkeys(plans))
+
+
+#: Plans :func:`tune` measured fastest, by ``(device, mode, nonlinearity, dtype, H, B and T
+#: rounded up to powers of two, with backward)``.
+TUNED: dict[tuple, Plan] = {}
+_log = logging.getLogger("rnnkit.triton")
+
+
+def _tune_key(mode: str, nonlinearity: str, x: Tensor, hidden_size: int, backward: bool) -> tuple:
+    T, B, _ = x.shape
+    device = torch.cuda.get_device_name(x.device) if x.is_cuda else "interpreter"
+    return (device, mode, nonlinearity, x.dtype, hidden_size, _next_pow2(B), _next_pow2(T), backward)
+
+
+def _seconds(fn, repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after one warm-up (which compiles)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def tune(
+    mode: str,
+    x: Tensor,
+    state: State,
+    weights: LayerWeights,
+    lengths: Tensor | None = None,
+    nonlinearity: str = "tanh",
+    *,
+    backward: bool = True,
+    repeats: int = 3,
+) -> Plan:
+    """The fastest of :func:`candidate_plans` for this call, timed on copies of its inputs
+    (forward, and with ``backward`` the backward too, under random upstream gradients), and
+    remembered in :data:`TUNED` for calls of the same kind. :func:`run` tunes by itself when
+    ``torch.backends.cudnn.benchmark`` is set, as cuDNN does for its algorithms; the first call
+    of each kind then compiles and times every candidate (tens of seconds on a GPU whose Triton
+    cache is cold). A candidate that fails (say, out of shared memory) is skipped."""
+    T, B, _ = x.shape
+    H = weights.weight_hh.shape[1]
+    key = _tune_key(mode, nonlinearity, x, H, backward)
+    if key in TUNED:
+        return TUNED[key]
+    with torch.inference_mode(False), torch.enable_grad():
+        xs = x.detach().clone().requires_grad_()
+        st = tuple(s.detach().clone().requires_grad_() for s in state)
+        ws = LayerWeights(*(None if w is None else w.detach().clone().requires_grad_() for w in weights))
+        leaves = [xs, *st, *(w for w in ws if w is not None)]
+        ups = [torch.randn(T, B, H, device=x.device, dtype=x.dtype)]
+        ups += [torch.randn_like(s) for s in st]
+
+        def step(plan: Plan) -> None:
+            out, fin = run(mode, xs, st, ws, lengths, nonlinearity, plan=plan)
+            if backward:
+                torch.autograd.grad([out, *fin], leaves, ups)
+
+        timed = {}
+        for plan in candidate_plans(mode, B, H, x.dtype):
+            try:
+                timed[plan] = _seconds(lambda plan=plan: step(plan), repeats)
+            except Exception as e:  # e.g. a variant the compiler cannot fit: not a candidate here
+                _log.info("triton tune: %s failed: %s", plan, e)
+    if not timed:
+        raise RuntimeError(f"triton engine: no plan ran for {mode} at T={T}, B={B}, H={H}")
+    best = min(timed, key=timed.get)
+    _log.info("triton tune %s: %s, %.1f us/step", key, best, 1e6 * timed[best] / T)
+    TUNED[key] = best
+    return best
 
 
 def supports(mode: str, x: Tensor, weights: LayerWeights) -> bool:
@@ -528,7 +649,9 @@ def run(
     ``weight_ih`` ``(G, I)``, ``weight_hh`` ``(G, H)``, biases ``(G,)`` or ``None``; ``lengths``
     ``(B,)`` int64 in ``[1, T]`` or ``None``. Returns ``output`` ``(T, B, H)`` (zero past each
     sequence's end) and the state at each sequence's last valid step. ``plan`` overrides
-    :func:`plan_for` (tests and benchmarks use it to pick a path). Products accumulate in fp32;
+    :func:`plan_for` (tests and benchmarks use it to pick a path); without it, when
+    ``torch.backends.cudnn.benchmark`` is set, the plan :func:`tune` measures fastest for calls
+    of this kind (timed once, on the first). Products accumulate in fp32;
     float32 inputs use TF32 products when ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's
     default, which torch.nn's cuDNN RNNs follow too).
     """
@@ -552,6 +675,11 @@ def run(
     # backward threads already run on x's
     device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
     with device:
+        if plan is None and torch.backends.cudnn.benchmark:
+            backward = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (x, *state, *weights)
+            )
+            plan = tune(mode, x, state, weights, lens, nonlinearity, backward=backward)
         if plan is None:
             plan = plan_for(mode, B, H, x.dtype)
         if plan.path == "resident" and plan.block_h < H:
