@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gpu import DTYPES, Problem, machine  # noqa: E402
+from bench_gpu import DTYPES, Problem, machine, peak_mib  # noqa: E402
 
 POINTS = [
     ("lstm", "fp32", (16, 512, 256, 256)),
@@ -36,18 +36,6 @@ POINTS = [
     ("lstm", "bf16", (256, 128, 1024, 1024)),
 ]
 MiB = 2**20
-
-
-def peak_mib(fn) -> float:
-    """Peak memory above what was allocated before one call of ``fn`` (its result kept until the
-    end of the call), in MiB."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    res = fn()
-    torch.cuda.synchronize()
-    del res
-    return (torch.cuda.max_memory_allocated() - base) / MiB
 
 
 def where(frames: list[dict]) -> str:

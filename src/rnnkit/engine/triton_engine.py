@@ -559,7 +559,10 @@ class _TritonLayer(torch.autograd.Function):
                 for t in range(T - 1, -1, -1):
                     if t < T - 1:
                         for k, (a, w) in enumerate(_hidden_side(dg[t + 1], w_hh, mode)):
-                            torch.mm(a, w, out=rec) if k == 0 else rec.addmm_(a, w)
+                            if k == 0:
+                                torch.mm(a, w, out=rec)
+                            else:
+                                rec.addmm_(a, w)
                     K.bwd_cell_kernel[grid](*args, t, B, H, int(t < T - 1), **common)
                 dh0.copy_(direct)
                 for a, w in _hidden_side(dg[0], w_hh, mode):

@@ -117,6 +117,20 @@ def _store4(ptr, v0, v1, v2, v3, mask, H):
 
 
 @triton.jit
+def _store_slots(ptr, v0, v1, v2, v3, mask, H, PACK: tl.constexpr):
+    """Store four tiles to a gate buffer's slots ``ptr + k * H``: one ``(.., .., 2, 2)`` tile with
+    ``PACK``, else four."""
+    if PACK:
+        _store4(ptr, v0, v1, v2, v3, mask, H)
+    else:
+        dt = ptr.dtype.element_ty
+        tl.store(ptr, v0.to(dt), mask=mask)
+        tl.store(ptr + H, v1.to(dt), mask=mask)
+        tl.store(ptr + 2 * H, v2.to(dt), mask=mask)
+        tl.store(ptr + 3 * H, v3.to(dt), mask=mask)
+
+
+@triton.jit
 def _load_gates(ptr, mask, H, NG: tl.constexpr, PACK: tl.constexpr):
     """The ``NG`` gate tiles of a gate buffer's row block at ``ptr + k * H`` in fp32 (``PACK``:
     all four slots in one load; GRU's fourth is then loaded and unused)."""
@@ -184,14 +198,8 @@ def _fwd_cell(p0, p1, p2, p3, x2, h, c, bhn, MODE: tl.constexpr, RELU: tl.conste
 @triton.jit
 def _store_saved(save_ptr, off, s0, s1, s2, s3, mask, H, MODE: tl.constexpr, PACK: tl.constexpr):
     """Store what the backward reads back of one step (LSTM and GRU; the RNN keeps only ``out``)."""
-    if MODE != 0 and PACK:
-        _store4(save_ptr + off, s0, s1, s2, s3, mask, H)
-    elif MODE != 0:
-        dt = save_ptr.dtype.element_ty
-        tl.store(save_ptr + off, s0.to(dt), mask=mask)
-        tl.store(save_ptr + off + H, s1.to(dt), mask=mask)
-        tl.store(save_ptr + off + 2 * H, s2.to(dt), mask=mask)
-        tl.store(save_ptr + off + 3 * H, s3.to(dt), mask=mask)
+    if MODE != 0:
+        _store_slots(save_ptr + off, s0, s1, s2, s3, mask, H, PACK)
 
 
 @triton.jit
@@ -295,13 +303,7 @@ def _bwd_cell(
         d1 = tl.where(valid, dct * c_p * f * (1.0 - f), 0.0).to(cdt)
         d2 = tl.where(valid, dct * i * (1.0 - g * g), 0.0).to(cdt)
         d3 = tl.where(valid, dht * tc * o * (1.0 - o), 0.0).to(cdt)
-        if PACK:
-            _store4(gi, d0, d1, d2, d3, m2, H)
-        else:
-            tl.store(gi, d0, mask=m2)
-            tl.store(gi + H, d1, mask=m2)
-            tl.store(gi + 2 * H, d2, mask=m2)
-            tl.store(gi + 3 * H, d3, mask=m2)
+        _store_slots(gi, d0, d1, d2, d3, m2, H, PACK)
         direct = tl.where(valid, 0.0, dh)
         dc_prev = tl.where(valid, dct * f, dc)
     else:
@@ -319,13 +321,7 @@ def _bwd_cell(
         # the hidden side's third gate (through W_hn h + b_hn) goes to slot 3, over the saved
         # ``W_hn h + b_hn``; the select on ``hn`` makes the store depend on that slot's load
         dhn = tl.where(hn == hn, d2, hn.to(cdt))
-        if PACK:
-            _store4(gi, d0, d1, dn, dhn, m2, H)
-        else:
-            tl.store(gi, d0, mask=m2)
-            tl.store(gi + H, d1, mask=m2)
-            tl.store(gi + 2 * H, dn, mask=m2)
-            tl.store(gi + 3 * H, dhn, mask=m2)
+        _store_slots(gi, d0, d1, dn, dhn, m2, H, PACK)
         direct = tl.where(valid, dht * z, dh)
         dc_prev = dc
     return d0, d1, d2, d3, direct, dc_prev
