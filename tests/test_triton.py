@@ -444,6 +444,28 @@ def test_gpu_larger_sizes(mode, path, dtype):
 
 
 @needs_cuda
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize(
+    "path, B, block_b, packed",
+    [
+        ("resident", 37, 16, True),
+        ("split", 37, 16, True),
+        ("split", 70, 64, False),
+        ("persistent", 70, 64, False),
+    ],
+)
+def test_gpu_benchmark_variants(mode, path, B, block_b, packed):
+    # what benchmarks/bench_gpu.py's *_packed, split64 and persistent64 variants run (the 64-row
+    # tiles compile to wgmma on sm_90), at the sizes of test_gpu_larger_sizes
+    H = 48 if path == "resident" else 208
+    lengths = [(7 * b) % 29 + 1 for b in range(B)]
+    plan = dataclasses.replace(
+        te.plan_for(mode, B, H, torch.bfloat16, path), block_b=block_b, packed_io=packed
+    )
+    _check(mode, B, 29, 33, H, torch.bfloat16, plan, lengths=lengths)
+
+
+@needs_cuda
 @pytest.mark.parametrize("cudnn_tf32", [False, True])
 def test_gpu_library_products_follow_cudnn_tf32_and_restore_the_flag(cudnn_tf32):
     torch.backends.cudnn.allow_tf32 = cudnn_tf32
