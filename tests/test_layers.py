@@ -189,6 +189,23 @@ def test_float32_agrees_with_torch_nn():
         torch.testing.assert_close(out1, out2, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cpu_autocast_keeps_the_cpu_engines_in_float32(engine):
+    # CPU autocast (bf16) would cast the engines' matrix products op by op (the fused engine has
+    # no bf16 path): the layers run the CPU engines in float32 under it, gradients included
+    ours, _ = make_pair("lstm", 6, 8, num_layers=2, dtype=torch.float32)
+    ours.engine = engine
+    x = torch.randn(5, 3, 6, requires_grad=True)
+    plain, _ = ours(x)
+    (gx,) = torch.autograd.grad(plain.sum(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = ours(x)
+    assert out.dtype == h.dtype == c.dtype == torch.float32
+    torch.testing.assert_close(out, plain)
+    (gx_auto,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(gx_auto, gx)
+
+
 def test_module_is_torch_module_and_cells_are_drop_ins():
     for ours, theirs in (
         (rnnkit.RNNCell, nn.RNNCell),

@@ -516,3 +516,35 @@ def test_layer_engine_triton_equals_reference(mode):
     ours.engine = "reference"
     out_r, _ = ours(x, lengths=lengths)
     torch.testing.assert_close(out_t, out_r, rtol=2e-5, atol=2e-5)
+
+
+def test_layer_under_autocast_runs_the_triton_engine_in_low_precision():
+    """A float32 layer under autocast (the CPU's here, standing in for CUDA's under the
+    interpreter) runs the Triton kernels in autocast's dtype, exactly as the same layer cast to
+    that dtype; gradients reach the float32 weights; the CPU engines keep float32."""
+    import copy
+
+    import rnnkit
+
+    torch.manual_seed(0)
+    ours = rnnkit.LSTM(5, 16, num_layers=2, bidirectional=True, engine="triton").to(DEVICE)
+    low = copy.deepcopy(ours).to(torch.bfloat16)
+    x = torch.randn(6, 3, 5, device=DEVICE)
+    h0 = (torch.randn(4, 3, 16, device=DEVICE), torch.randn(4, 3, 16, device=DEVICE))
+    lengths = torch.tensor([6, 2, 4])
+    up = torch.randn(6, 3, 32, device=DEVICE).to(torch.bfloat16)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        out, (h, c) = ours(x, h0, lengths=lengths)
+    assert out.dtype == h.dtype == c.dtype == torch.bfloat16
+    out.backward(up)
+    out_low, (h_low, c_low) = low(
+        x.to(torch.bfloat16), tuple(s.to(torch.bfloat16) for s in h0), lengths=lengths
+    )
+    out_low.backward(up)
+    for a, b in ((out, out_low), (h, h_low), (c, c_low)):
+        assert torch.equal(a, b)
+    for (name, p), q in zip(ours.named_parameters(), low.parameters(), strict=True):
+        assert p.dtype == torch.float32 and torch.equal(p.grad, q.grad.float()), name
+    ours.engine = "fused"  # the CPU engines keep float32 under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(x.cpu(), lengths=lengths)[0].dtype == torch.float32

@@ -201,8 +201,15 @@ class RNNBase(nn.Module):
                 raise ValueError(f"{name}: lengths= needs batched (3-D) input")
             lens = self._check_lengths(lengths, T, B, x.device)
         state = self._initial_state(hx, x, batched)
-
-        output, final = self._run_stack(x, state, lens)
+        if not torch.is_autocast_enabled(x.device.type):
+            output, final = self._run_stack(x, state, lens)
+        else:  # the stack in one dtype, chosen here rather than op by op
+            low = engines.autocast_dtype(self.engine, x)
+            with torch.autocast(x.device.type, enabled=False):
+                if low is None:  # the CPU engines: float32 (the fused engine has no bf16 path)
+                    output, final = self._run_stack(x, state, lens)
+                else:  # the Triton engine in autocast's dtype, as cuDNN's RNNs under autocast
+                    output, final = self._run_stack(x.to(low), [s.to(low) for s in state], lens, low)
 
         if packed:
             sorted_idx = input.sorted_indices
@@ -279,9 +286,10 @@ class RNNBase(nn.Module):
         return out
 
     def _run_stack(
-        self, x: Tensor, state: list[Tensor], lengths: Tensor | None
+        self, x: Tensor, state: list[Tensor], lengths: Tensor | None, dtype: torch.dtype | None = None
     ) -> tuple[Tensor, list[Tensor]]:
-        """Shapes: ``x`` ``(T, B, I)``, ``state`` each ``(D*L, B, H)``; returns ``(T, B, D*H)`` and states."""
+        """Shapes: ``x`` ``(T, B, I)``, ``state`` each ``(D*L, B, H)``; returns ``(T, B, D*H)`` and
+        states. ``dtype``: the weights are cast to it (autocast)."""
         D = self.num_directions
         finals: list[list[Tensor]] = [[] for _ in state]
         layer_input = x
@@ -291,11 +299,14 @@ class RNNBase(nn.Module):
                 k = layer * D + direction
                 s0 = tuple(s[k] for s in state)  # each (B, H)
                 inp = layer_input if direction == 0 else reverse_within_lengths(layer_input, lengths)
+                weights = self.layer_weights(layer, direction)
+                if dtype is not None:
+                    weights = LayerWeights(*(None if w is None else w.to(dtype) for w in weights))
                 out, s_n = engines.run(
                     self.mode,
                     inp,
                     s0,
-                    self.layer_weights(layer, direction),
+                    weights,
                     lengths,
                     self.nonlinearity,
                     self.engine,
@@ -322,6 +333,9 @@ _DOC_ARGS = """
         bidirectional: add a reverse direction per layer, ``D = 2``.
         engine: ``"auto"`` (fastest correct), ``"fused"`` (hand-written BPTT), ``"reference"``
             (the cell looped over time, autograd BPTT) or ``"triton"`` (persistent GPU kernels).
+            Under ``torch.autocast`` a float32 layer on the Triton engine runs in autocast's
+            dtype (weights, input and state cast; output and final state in that dtype), as
+            torch.nn's cuDNN RNNs do; the CPU engines keep float32.
 
     Inputs: ``input, hx=None, *, lengths=None`` (see :mod:`rnnkit.layers` for shapes).
 """

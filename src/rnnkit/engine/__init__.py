@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from . import reference
@@ -15,7 +16,16 @@ from .common import LayerWeights, State, reverse_within_lengths, step_mask
 
 ENGINES = ("auto", "fused", "reference", "triton")
 
-__all__ = ["ENGINES", "LayerWeights", "State", "run", "resolve", "reverse_within_lengths", "step_mask"]
+__all__ = [
+    "ENGINES",
+    "LayerWeights",
+    "State",
+    "autocast_dtype",
+    "run",
+    "resolve",
+    "reverse_within_lengths",
+    "step_mask",
+]
 
 
 def resolve(engine: str, mode: str, x: Tensor, weights: LayerWeights) -> str:
@@ -45,6 +55,26 @@ def resolve(engine: str, mode: str, x: Tensor, weights: LayerWeights) -> str:
     except ImportError:
         return "reference"
     return "fused" if fused.supports(mode, x, weights) else "reference"
+
+
+def autocast_dtype(engine: str, x: Tensor) -> torch.dtype | None:
+    """The dtype a float32 layer runs in under autocast, as torch.nn's cuDNN RNNs do: autocast's
+    low-precision dtype where autocast is on for ``x``'s device and the Triton engine takes the
+    call (``auto`` on CUDA; ``triton`` on CUDA, or on the CPU under Triton's interpreter); else
+    ``None`` (the CPU engines keep float32: the fused engine has no low-precision path)."""
+    device = x.device.type
+    if x.dtype != torch.float32 or not torch.is_autocast_enabled(device):
+        return None
+    dtype = torch.get_autocast_dtype(device)
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if (engine == "auto" and device == "cuda") or engine == "triton":
+        try:
+            from . import triton_engine
+        except ImportError:
+            return None
+        return dtype if triton_engine.AVAILABLE and (device == "cuda" or triton_engine.INTERPRETED) else None
+    return None
 
 
 def run(
