@@ -320,6 +320,35 @@ def test_tuning_for_real_on_a_tiny_problem(_tuning):
     assert te.tune("rnn", x, state, weights) is plan  # remembered
 
 
+def test_barrier_paths_launch_cooperatively_or_fall_back_once(monkeypatch):
+    calls = []
+
+    class Kernel:
+        def __init__(self, refuse):
+            self.refuse = refuse
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append((grid, args, kwargs))
+                if self.refuse and kwargs.get("launch_cooperative_grid"):
+                    raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+
+            return launch
+
+    monkeypatch.setattr(te, "INTERPRETED", False)
+    monkeypatch.setattr(te, "COOPERATIVE", True)
+    te._launch_synced(Kernel(False), (4,), 1, 2, BLOCK_B=16)
+    assert calls == [((4,), (1, 2), {"BLOCK_B": 16, "launch_cooperative_grid": True})]
+    calls.clear()
+    with pytest.warns(RuntimeWarning, match="cooperative launch refused"):
+        te._launch_synced(Kernel(True), (4,), 1, BLOCK_B=16)
+    assert [c[2] for c in calls] == [{"BLOCK_B": 16, "launch_cooperative_grid": True}, {"BLOCK_B": 16}]
+    assert te.COOPERATIVE is False
+    calls.clear()
+    te._launch_synced(Kernel(True), (4,), 1)  # from then on launched normally, no warning
+    assert calls == [((4,), (1,), {})]
+
+
 def test_plan_rejects_bad_blocks():
     with pytest.raises(ValueError, match="block_h must be a power of two"):
         te.Plan("persistent", block_h=24)

@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -394,6 +395,31 @@ def _blocks_per_program(n_hblocks: int, n_btiles: int) -> tuple[int, int]:
     return hb, triton.cdiv(n_hblocks, hb)
 
 
+#: Whether the barrier paths launch cooperatively (CUDA guarantees every program of a cooperative
+#: launch is resident at once, so no program waits at a step barrier for one that cannot start,
+#: even while other streams' kernels, say NCCL's all-reduce under DDP, hold multiprocessors).
+#: Cleared, with a warning, should a launch be refused; the step barrier's spin guard remains.
+COOPERATIVE = True
+
+
+def _launch_synced(kernel, grid: tuple[int], *args, **kwargs) -> None:
+    """Launch a kernel whose programs meet at step barriers: cooperatively where it can be."""
+    global COOPERATIVE
+    if COOPERATIVE and not INTERPRETED:
+        try:
+            kernel[grid](*args, **kwargs, launch_cooperative_grid=True)
+            return
+        except RuntimeError as e:  # the driver refused it (compile errors are TritonErrors)
+            COOPERATIVE = False
+            warnings.warn(
+                f"triton engine: cooperative launch refused ({type(e).__name__}: {e}); the barrier "
+                "paths launch normally from now on",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    kernel[grid](*args, **kwargs)
+
+
 def _launch(plan: Plan) -> dict:
     """Launch options and the plan's own compile-time switches."""
     return dict(num_warps=plan.num_warps, num_stages=plan.num_stages, PACK=plan.packed_io)
@@ -470,7 +496,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
                 for t in range(T):
                     K.fwd_split_kernel[grid](*args, t, t + 1, B, H, n_h, 0, **common)
             else:
-                K.fwd_split_kernel[grid](*args, 0, T, B, H, n_h, 1, **common)
+                _launch_synced(K.fwd_split_kernel, grid, *args, 0, T, B, H, n_h, 1, **common)
     else:
         hbuf = torch.empty(2, B, H, dtype=torch.float32, device=x.device)
         hbuf[0] = h0
@@ -481,9 +507,15 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
         if plan.path == "persistent":
             hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
             for tile0, tiles in _launches(n_btiles, n_hp):
-                K.fwd_blocked_kernel[(tiles * n_hp,)](
-                    *args, _barrier(tiles, x.device), tile0, 0, T, B, H, hb, n_hp, 1, **common, **flags
-                )
+                _launch_synced(
+                    K.fwd_blocked_kernel,
+                    (tiles * n_hp,),
+                    *args,
+                    _barrier(tiles, x.device),
+                    tile0, 0, T, B, H, hb, n_hp, 1,
+                    **common,
+                    **flags,
+                )  # fmt: skip
         else:
             bar = _barrier(n_btiles, x.device)
             for t in range(T):
@@ -581,7 +613,7 @@ class _TritonLayer(torch.autograd.Function):
                         K.bwd_split_kernel[grid](*args, u, u - 1, T, B, H, n_h, 0, 0, **common)
                     K.bwd_split_kernel[grid](*args, 0, 0, T, B, H, n_h, 0, 1, **common)
                 else:
-                    K.bwd_split_kernel[grid](*args, T, 0, T, B, H, n_h, 1, 1, **common)
+                    _launch_synced(K.bwd_split_kernel, grid, *args, T, 0, T, B, H, n_h, 1, 1, **common)
         else:
             direct = dh_n.clone()
             dc0 = dc_n.clone()
@@ -591,9 +623,15 @@ class _TritonLayer(torch.autograd.Function):
             if plan.path == "persistent":
                 hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
                 for tile0, tiles in _launches(n_btiles, n_hp):
-                    K.bwd_blocked_kernel[(tiles * n_hp,)](
-                        *args, _barrier(tiles, dev), tile0, T, 0, T, B, H, hb, n_hp, 1, 1, **common, **flags
-                    )
+                    _launch_synced(
+                        K.bwd_blocked_kernel,
+                        (tiles * n_hp,),
+                        *args,
+                        _barrier(tiles, dev),
+                        tile0, T, 0, T, B, H, hb, n_hp, 1, 1,
+                        **common,
+                        **flags,
+                    )  # fmt: skip
             else:
                 grid = (n_btiles * n_hblocks,)
                 args += (_barrier(n_btiles, dev), 0)
