@@ -219,13 +219,7 @@ def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
     if name == "persistent64":
         return dataclasses.replace(te.plan_for(mode, B, H, dtype, "persistent"), block_b=64)
     if name == "split64":
-        plan = te.split_plan(mode, B, H, dtype)
-        elt = torch.empty(0, dtype=dtype).element_size()
-        fits = (
-            plan is not None
-            and (te.NUM_GATES[mode] * plan.block_h + 64) * te._hp(H) * elt <= te.SPLIT_MAX_BYTES
-        )
-        return dataclasses.replace(plan, block_b=64) if fits else None
+        return te.split_plan(mode, B, H, dtype, block_b=64)
     if name == "resident2":
         plan = te.plan_for(mode, B, H, dtype, "resident")
         return dataclasses.replace(plan, num_warps=2) if plan.block_h <= 64 else None

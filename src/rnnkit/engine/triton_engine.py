@@ -136,16 +136,22 @@ class Plan:
 
 
 def split_plan(
-    mode: str, batch: int, hidden_size: int, dtype: torch.dtype, block_h: int | None = None
+    mode: str,
+    batch: int,
+    hidden_size: int,
+    dtype: torch.dtype,
+    block_h: int | None = None,
+    block_b: int | None = None,
 ) -> Plan | None:
     """The ``split`` plan for this size, or ``None`` where a program's slice does not fit on chip
     or one batch tile would need more programs than the GPU has multiprocessors. Batch tiles grow
-    (up to 64 rows) until all programs fit in one wave where they can. ``block_h`` columns per
-    program; by default 32 for LSTM and GRU where that fits (half the programs, so half the L2
-    reads of ``h`` per step: 20-25 % faster than 16 on an H100 at H = 128-512), else 16."""
+    (up to 64 rows) until all programs fit in one wave where they can (``block_b`` fixes them).
+    ``block_h`` columns per program; by default 32 for LSTM and GRU where that fits (half the
+    programs, so half the L2 reads of ``h`` per step: 20-25 % faster than 16 on an H100 at
+    H = 128-512), else 16."""
     if block_h is None:
         if NUM_GATES[mode] >= 3:
-            plan = split_plan(mode, batch, hidden_size, dtype, 32)
+            plan = split_plan(mode, batch, hidden_size, dtype, 32, block_b)
             if plan is not None:
                 return plan
         block_h = 16
@@ -155,9 +161,10 @@ def split_plan(
     sms = _sm_count()
     if n_h > sms:
         return None
-    block_b = 16
-    while _cdiv(batch, block_b) * n_h > sms and block_b < 64:
-        block_b *= 2
+    if block_b is None:
+        block_b = 16
+        while _cdiv(batch, block_b) * n_h > sms and block_b < 64:
+            block_b *= 2
     if (NUM_GATES[mode] * block_h + block_b) * HP * elt > SPLIT_MAX_BYTES:
         return None
     # 8 warps: 4 spill registers at H = 256 (benchmarks/compile_check.py)
@@ -211,19 +218,18 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
         if HP <= 64:
             plans.append(dataclasses.replace(resident, num_warps=2))
     for block_h in (16, 32):
-        split = split_plan(mode, batch, hidden_size, dtype, block_h)
-        if split is None:
-            continue
-        plans.append(split)
-        if batch >= 64 and (NUM_GATES[mode] * block_h + 64) * HP * elt <= SPLIT_MAX_BYTES:
-            plans.append(dataclasses.replace(split, block_b=64))
+        plans.append(split_plan(mode, batch, hidden_size, dtype, block_h))
+        if batch >= 64:
+            plans.append(split_plan(mode, batch, hidden_size, dtype, block_h, block_b=64))
     persistent = plan_for(mode, batch, hidden_size, dtype, "persistent")
     plans.append(persistent)
     if batch >= 64:
         plans.append(dataclasses.replace(persistent, block_b=64))
     if mode != "rnn":
-        plans += [dataclasses.replace(p, packed_io=True) for p in plans if p.path in ("resident", "split")]
-    return list(dict.fromkeys(plans))
+        plans += [
+            dataclasses.replace(p, packed_io=True) for p in plans if p and p.path in ("resident", "split")
+        ]
+    return list(dict.fromkeys(p for p in plans if p is not None))
 
 
 #: Plans :func:`tune` measured fastest, by ``(device, mode, nonlinearity, dtype, H, B and T
