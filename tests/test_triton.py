@@ -347,6 +347,13 @@ def test_barrier_paths_launch_cooperatively_or_fall_back_once(monkeypatch):
     calls.clear()
     te._launch_synced(Kernel(True), (4,), 1)  # from then on launched normally, no warning
     assert calls == [((4,), (1,), {})]
+    # while a CUDA graph is captured: a normal launch (a refused one would spoil the capture)
+    calls.clear()
+    monkeypatch.setattr(te, "COOPERATIVE", True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    te._launch_synced(Kernel(False), (4,), 1)
+    assert calls == [((4,), (1,), {})] and te.COOPERATIVE is True
 
 
 def test_plan_rejects_bad_blocks():

@@ -411,7 +411,9 @@ COOPERATIVE = True
 def _launch_synced(kernel, grid: tuple[int], *args, **kwargs) -> None:
     """Launch a kernel whose programs meet at step barriers: cooperatively where it can be."""
     global COOPERATIVE
-    if COOPERATIVE and not INTERPRETED:
+    # not while a CUDA graph is being captured: a refused launch there would spoil the capture
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    if COOPERATIVE and not INTERPRETED and not capturing:
         try:
             kernel[grid](*args, **kwargs, launch_cooperative_grid=True)
             return
