@@ -101,7 +101,7 @@ def test_gradient_flow_equals_autograd_on_hand_unrolled_cells(mode, engine, bidi
         n = int(lengths[b])
         out, states = unroll(cells, mode, x[:n, b], L, D)
         loss = loss_of(out, v[:, b], at)
-        expected_loss += float(loss)
+        expected_loss += float(loss.detach())
         flat = [s for key in sorted(states) for step in states[key] for s in step]
         grads = iter(torch.autograd.grad(loss, flat, allow_unused=True, materialize_grads=True))
         for key in sorted(states):
