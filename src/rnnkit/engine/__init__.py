@@ -61,7 +61,8 @@ def autocast_dtype(engine: str, x: Tensor) -> torch.dtype | None:
     """The dtype a float32 layer runs in under autocast, as torch.nn's cuDNN RNNs do: autocast's
     low-precision dtype where autocast is on for ``x``'s device and the Triton engine takes the
     call (``auto`` on CUDA; ``triton`` on CUDA, or on the CPU under Triton's interpreter); else
-    ``None`` (the CPU engines keep float32: the fused engine has no low-precision path)."""
+    ``None`` (the fused and reference engines keep float32: the fused one has no low-precision
+    path)."""
     device = x.device.type
     if x.dtype != torch.float32 or not torch.is_autocast_enabled(device):
         return None
