@@ -98,7 +98,8 @@ def _gate_tiles(ptr, mask, stride, NG: tl.constexpr):
 @triton.jit
 def _load4(ptr, mask, H):
     """The four slots at ``ptr + k * H`` of a gate buffer's row block as one load of a ``(.., ..,
-    4)`` tile split in registers: one layout conversion where four loads need four."""
+    4)`` tile split in registers (compiled for sm_90 the split tiles still need a layout
+    conversion each; the packed stores save three)."""
     v = tl.load(ptr[:, :, None] + (tl.arange(0, 4) * H)[None, None, :], mask=mask[:, :, None], other=0.0)
     v = tl.reshape(v, (v.shape[0], v.shape[1], 2, 2))  # [.., i, j]: slot 2 i + j
     even, odd = tl.split(v)
@@ -366,7 +367,7 @@ def fwd_resident_kernel(
     m2 = rmask[:, None] & cmask[None, :]
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
     st = rows[:, None] * H + cols[None, :]  # (BLOCK_B, BLOCK_H) offsets into (B, H)
-    gt = rows[:, None] * (GW * H) + cols[None, :]  # gate-0 offsets into (B, G)
+    gt = rows[:, None] * (GW * H) + cols[None, :]  # gate-0 offsets into a gate buffer's (B, GW * H)
     # W_hh^T per gate, (BLOCK_H in, BLOCK_H out): loaded once, reused by every step
     wt = cols[None, :] * H + cols[:, None]
     wm = cmask[None, :] & cmask[:, None]
