@@ -313,6 +313,28 @@ def test_tuning_skips_a_failing_candidate_and_tunes_inference_apart(monkeypatch,
     assert _rel_err(out, ref) < 2e-5
 
 
+def test_tuning_under_inference_mode_times_the_forward(_tuning):
+    x, state, weights = _problem("lstm", 2, 3, 4, 16, torch.float32)
+    with torch.inference_mode():
+        xi, si = x.detach().clone(), tuple(s.detach().clone() for s in state)
+        wi = te.LayerWeights(*(w.detach().clone() for w in weights))
+        out, _ = te.run("lstm", xi, si, wi, torch.tensor([3, 1]))
+    ((key, plan),) = te.TUNED.items()
+    assert key[-1] is False and plan in te.candidate_plans("lstm", 2, 16, torch.float32)
+    ref, _ = reference.run("lstm", x, state, weights, torch.tensor([3, 1]))
+    assert _rel_err(out, ref) < 2e-5
+
+
+def test_tuning_falls_back_to_the_default_when_no_candidate_runs(monkeypatch, _tuning):
+    x, state, weights = _problem("gru", 2, 3, 4, 16, torch.float32)
+
+    def fail(fn, repeats):
+        raise RuntimeError("out of resources")
+
+    monkeypatch.setattr(te, "_seconds", fail)
+    assert te.tune("gru", x, state, weights) == te.plan_for("gru", 2, 16, torch.float32)
+
+
 def test_tuning_for_real_on_a_tiny_problem(_tuning):
     x, state, weights = _problem("rnn", 2, 3, 4, 16, torch.float32)
     plan = te.tune("rnn", x, state, weights, repeats=1)

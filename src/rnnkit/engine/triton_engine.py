@@ -281,16 +281,22 @@ def tune(
     key = _tune_key(mode, nonlinearity, x, H, backward)
     if key in TUNED:
         return TUNED[key]
-    with torch.inference_mode(False), torch.enable_grad():
-        xs = x.detach().clone().requires_grad_()
-        st = tuple(s.detach().clone().requires_grad_() for s in state)
-        ws = LayerWeights(*(None if w is None else w.detach().clone().requires_grad_() for w in weights))
+    # copies outside inference mode (its tensors cannot be saved for a backward); gradients
+    # only where the backward is timed
+    with torch.inference_mode(False), torch.set_grad_enabled(backward):
+
+        def copy(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach().clone().requires_grad_(backward)
+
+        xs, st = copy(x), tuple(copy(s) for s in state)
+        ws = LayerWeights(*(copy(w) for w in weights))
+        lens = None if lengths is None else lengths.clone()
         leaves = [xs, *st, *(w for w in ws if w is not None)]
         ups = [torch.randn(T, B, H, device=x.device, dtype=x.dtype)]
         ups += [torch.randn_like(s) for s in st]
 
         def step(plan: Plan) -> None:
-            out, fin = run(mode, xs, st, ws, lengths, nonlinearity, plan=plan)
+            out, fin = run(mode, xs, st, ws, lens, nonlinearity, plan=plan)
             if backward:
                 torch.autograd.grad([out, *fin], leaves, ups)
 
@@ -300,10 +306,10 @@ def tune(
                 timed[plan] = _seconds(lambda plan=plan: step(plan), repeats)
             except Exception as e:  # e.g. a variant the compiler cannot fit: not a candidate here
                 _log.info("triton tune: %s failed: %s", plan, e)
-    if not timed:
-        raise RuntimeError(f"triton engine: no plan ran for {mode} at T={T}, B={B}, H={H}")
-    best = min(timed, key=timed.get)
-    _log.info("triton tune %s: %s, %.1f us/step", key, best, 1e6 * timed[best] / T)
+    # none ran: the default, whose own run then reports what is wrong
+    best = min(timed, key=timed.get) if timed else plan_for(mode, B, H, x.dtype)
+    if timed:
+        _log.info("triton tune %s: %s, %.1f us/step", key, best, 1e6 * timed[best] / T)
     TUNED[key] = best
     return best
 
