@@ -9,7 +9,7 @@
 # 3. the benchmark (it compiles every kernel variant up front in parallel processes, checks each
 #    Triton path against cuDNN, then times cuDNN, the fused engine and the Triton paths);
 # 4. the other GPU-only correctness tests (most kernels are in Triton's disk cache by then).
-# Logs and benchmarks/results/gpu.json go to $OUT when the device tool provides it.
+# Logs and benchmarks/results/gpu.json and gpu_memory.json go to $OUT when the device tool provides it.
 # Time limits (seconds): SPLIT_S, MEM_S, BENCH_S, TESTS_S.
 set -u -o pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -25,8 +25,9 @@ pytest_gpu() {
 timeout "${SPLIT_S:-150}" bash -c "$(declare -f pytest_gpu); pytest_gpu 'gpu and split'" 2>&1 | tee "$OUT/split_tests.log"
 split_rc=$?
 
-timeout "${MEM_S:-90}" python benchmarks/gpu_memory.py --out "$OUT/gpu_memory.json" 2>&1 | tee "$OUT/memory.log"
+timeout "${MEM_S:-90}" python benchmarks/gpu_memory.py 2>&1 | tee "$OUT/memory.log"
 mem_rc=$?
+[ -f benchmarks/results/gpu_memory.json ] && cp benchmarks/results/gpu_memory.json "$OUT/"
 
 timeout "${BENCH_S:-330}" python benchmarks/bench_gpu.py "$@" 2>&1 | tee "$OUT/bench.log"
 bench_rc=$?
