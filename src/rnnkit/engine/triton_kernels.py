@@ -133,10 +133,13 @@ def _store_slots(ptr, v0, v1, v2, v3, mask, H, PACK: tl.constexpr):
 
 @triton.jit
 def _load_gates(ptr, mask, H, NG: tl.constexpr, PACK: tl.constexpr):
-    """The ``NG`` gate tiles of a gate buffer's row block at ``ptr + k * H`` in fp32 (``PACK``:
-    all four slots in one load; GRU's fourth is then loaded and unused)."""
+    """The ``NG`` gate tiles of a gate buffer's row block at ``ptr + k * H`` in fp32, absent gates
+    repeating gate 0 (``PACK``: all four slots in one load; GRU's fourth, unwritten in the
+    projections, is dropped)."""
     if PACK and NG > 1:
         x0, x1, x2, x3 = _load4(ptr, mask, H)
+        if NG < 4:
+            x3 = x0
     else:
         x0, x1, x2, x3 = _gate_tiles(ptr, mask, H, NG)
     return x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
