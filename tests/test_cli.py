@@ -111,13 +111,15 @@ def test_evaluate_prints_figures_last_and_json(run, text, capsys):
 
 
 def test_config_file_with_flags_overriding(text, tmp_path, capsys):
-    (tmp_path / "c.toml").write_text('[model]\nhidden-size = 12\ncell = "gru"\n[train]\nmax-steps = 2\n')
+    (tmp_path / "c.toml").write_text(
+        '[model]\nhidden-size = 12\ncell = "gru"\n[train]\nmax-steps = 2\ntune = true\n'
+    )
     out = tmp_path / "run"
     args = ["train", "lm", "--text", text, "--out", out, "--config", tmp_path / "c.toml", *TINY]
     code, _, _ = run_cli([*args, "--hidden-size", "10", "--sample-length", "5"], capsys)
     saved = json.loads((out / "config.json").read_text())
     assert code == 0 and saved["model"]["cell"] == "gru" and saved["model"]["hidden_size"] == 10
-    assert saved["train"]["max_steps"] == 2
+    assert saved["train"]["max_steps"] == 2 and saved["train"]["tune"] is True
 
 
 def test_resume_continues_to_the_same_curve(text, tmp_path, capsys):
@@ -125,8 +127,8 @@ def test_resume_continues_to_the_same_curve(text, tmp_path, capsys):
     assert run_cli([*common, "--out", tmp_path / "whole", "--max-steps", "10"], capsys)[0] == 0
     assert run_cli([*common, "--out", tmp_path / "cut", "--max-steps", "4"], capsys)[0] == 0
     code, out, _ = run_cli(
-        ["train", "lm", "--out", tmp_path / "cut", "--resume", "--max-steps", "10"], capsys
-    )
+        ["train", "lm", "--out", tmp_path / "cut", "--resume", "--max-steps", "10", "--tune"], capsys
+    )  # --tune may change on resume: it changes speed only
     assert code == 0 and "(resuming)" in out
     whole = (tmp_path / "whole" / "steps.csv").read_text().splitlines()
     assert (tmp_path / "cut" / "steps.csv").read_text().splitlines() == whole

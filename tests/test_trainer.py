@@ -120,11 +120,29 @@ def test_run_folder_gets_csv_logs_png_and_checkpoints(tmp_path):
 
 @pytest.mark.parametrize(
     "kw, flag",
-    [({"clip": -1.0}, "--clip"), ({"optimizer": "adam2"}, "--optimizer"), ({"epochs": 0}, "--epochs")],
+    [
+        ({"clip": -1.0}, "--clip"),
+        ({"optimizer": "adam2"}, "--optimizer"),
+        ({"epochs": 0}, "--epochs"),
+        ({"tune": "yes"}, "--tune"),
+    ],
 )
 def test_train_config_rejects_bad_values(kw, flag):
     with pytest.raises(RnnkitError, match=flag):
         TrainConfig(**kw)
+
+
+@pytest.mark.parametrize("tune", [False, True])
+def test_tune_sets_cudnn_benchmark_while_training_and_restores_it(tune):
+    seen = []
+
+    def loss(model, batch):
+        seen.append(torch.backends.cudnn.benchmark)
+        return _mse(model, batch)
+
+    before = torch.backends.cudnn.benchmark
+    Trainer(nn.Linear(3, 1), LossFunction(loss), _regression(2), config=_config(tune=tune)).fit()
+    assert seen == [tune or before] * 2 and torch.backends.cudnn.benchmark == before
 
 
 def test_config_files_toml_and_yaml_flatten_sections(tmp_path):

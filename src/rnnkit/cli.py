@@ -149,6 +149,13 @@ def train_lm_command(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16", rich_help_panel=RUN)
     ] = T.precision,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            help="GPU: time the Triton kernels' plans on first use, keep the fastest (cudnn.benchmark)",
+            rich_help_panel=RUN,
+        ),
+    ] = T.tune,
     out: Annotated[
         Path | None, typer.Option(help="run folder (default: runs/lm-<timestamp>)", rich_help_panel=RUN)
     ] = None,

@@ -39,6 +39,9 @@ class TrainConfig:
         seed: seeds Python, NumPy and torch; the same seed gives the same run.
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on the CPU), ``"fp32"`` or ``"bf16"``.
+        tune: set ``torch.backends.cudnn.benchmark`` for the run, so that the Triton engine times
+            its candidate plans on the first call of each kind and keeps the fastest (GPU only;
+            the CPU engines ignore it).
         log_every: refresh the progress bar every this many steps (every step goes to the CSV).
         checkpoint_every: save a resumable checkpoint every this many steps (``0``: at epoch ends only).
         progress: show a progress bar.
@@ -59,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    tune: bool = False
     log_every: int = 10
     checkpoint_every: int = 200
     progress: bool = True
@@ -89,6 +93,9 @@ class TrainConfig:
             if not ok:
                 want = {"lr_factor": "> 1", "lr": "> 0", "momentum": "in [0, 1)"}.get(name, ">= 0")
                 raise RnnkitError(f"{_flag(name)} must be {want}, got {getattr(self, name)!r}")
+        for name in ("tune", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise RnnkitError(f"{_flag(name)} must be true or false, got {getattr(self, name)!r}")
         for name, allowed in (
             ("optimizer", OPTIMIZERS),
             ("schedule", SCHEDULES),

@@ -82,6 +82,7 @@ RESUMABLE = {
     "progress",
     "device",
     "precision",
+    "tune",
     "engine",
     "sample_length",
     "sample_prime",

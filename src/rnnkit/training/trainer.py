@@ -243,7 +243,16 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------
 
     def fit(self, resume: bool = False) -> FitResult:
-        """Train until the epochs, ``max_steps`` or early stopping end it; ``resume`` loads the run first."""
+        """Train until the epochs, ``max_steps`` or early stopping end it; ``resume`` loads the run first.
+        With ``config.tune``, ``torch.backends.cudnn.benchmark`` is set while it trains."""
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = before or self.config.tune
+        try:
+            return self._fit(resume)
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+    def _fit(self, resume: bool) -> FitResult:
         cfg = self.config
         if resume:
             self.load_checkpoint()
