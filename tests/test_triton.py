@@ -369,6 +369,21 @@ def test_barrier_paths_launch_cooperatively_or_fall_back_once(monkeypatch):
     calls.clear()
     te._launch_synced(Kernel(True), (4,), 1)  # from then on launched normally, no warning
     assert calls == [((4,), (1,), {})]
+    # an error that a normal launch repeats is not the cooperative launch's: raised, flag kept
+    calls.clear()
+    monkeypatch.setattr(te, "COOPERATIVE", True)
+
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append(kwargs)
+                raise RuntimeError("Triton Error [CUDA]: out of memory")
+
+            return launch
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        te._launch_synced(Broken(), (4,), 1)
+    assert calls == [{"launch_cooperative_grid": True}, {}] and te.COOPERATIVE is True
     # while a CUDA graph is captured: a normal launch (a refused one would spoil the capture)
     calls.clear()
     monkeypatch.setattr(te, "COOPERATIVE", True)

@@ -423,14 +423,17 @@ def _launch_synced(kernel, grid: tuple[int], *args, **kwargs) -> None:
         try:
             kernel[grid](*args, **kwargs, launch_cooperative_grid=True)
             return
-        except RuntimeError as e:  # the driver refused it (compile errors are TritonErrors)
-            COOPERATIVE = False
-            warnings.warn(
-                f"triton engine: cooperative launch refused ({type(e).__name__}: {e}); the barrier "
-                "paths launch normally from now on",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        except RuntimeError as e:  # a driver error (compile errors are TritonErrors)
+            refused = e
+        kernel[grid](*args, **kwargs)  # fails too if the error was not the cooperative launch's
+        COOPERATIVE = False
+        warnings.warn(
+            f"triton engine: cooperative launch refused ({type(refused).__name__}: {refused}); the "
+            "barrier paths launch normally from now on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
     kernel[grid](*args, **kwargs)
 
 
