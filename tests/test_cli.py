@@ -204,6 +204,38 @@ def test_incompatible_resume_and_overwrite_leave_the_checkpoint_alone(run, text,
     assert digest(run) == before
 
 
+def test_triton_engine_off_cuda_is_refused_before_anything_is_written(text, tmp_path, capsys, monkeypatch):
+    from rnnkit.engine import triton_engine
+
+    monkeypatch.setattr(triton_engine, "INTERPRETED", False)
+    monkeypatch.setattr(triton_engine, "AVAILABLE", True)
+    args = ["train", "lm", "--text", text, "--out", tmp_path / "run", "--hidden-size", "16"]
+    code, _, err = run_cli([*args, "--engine", "triton", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "--engine triton runs on CUDA only")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_trained_on_the_triton_engine_loads_on_the_cpu(run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from rnnkit.engine import triton_engine
+    from rnnkit.training.lm import load_lm
+
+    monkeypatch.setattr(triton_engine, "INTERPRETED", False)
+    gpu_run = tmp_path / "gpu_run"
+    shutil.copytree(run, gpu_run)
+    saved = json.loads((gpu_run / "config.json").read_text())
+    saved["model"]["engine"] = "triton"  # as written by a run trained with --engine triton on a GPU
+    (gpu_run / "config.json").write_text(json.dumps(saved))
+    model, _, _ = load_lm(gpu_run, "cpu")
+    assert model.rnn.engine == "auto"
+    assert load_lm(gpu_run, "cpu", engine="reference")[0].rnn.engine == "reference"
+    code, out, err = run_cli(["generate", gpu_run, "--length", "20", "--seed", "1"], capsys)
+    assert code == 0, err
+    code, reference, _ = run_cli(["generate", run, "--length", "20", "--seed", "1"], capsys)
+    assert out == reference
+
+
 def test_console_script_error_has_no_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "rnnkit.cli", "train", "lm", "--bptt", "0"], capture_output=True, text=True

@@ -539,3 +539,67 @@ def test_task_commands_read_a_config_file_and_flags_override_it(texts, tmp_path,
         "hidden_size must be an integer, got 'eight'",
     )
     fails(["train", "translate", "--config", tmp_path / "none.toml"], capsys, "config file not found")
+
+
+def _record_engines(monkeypatch):
+    """Record ``(engine, grad enabled)`` for every recurrent layer call."""
+    import torch
+
+    import rnnkit.engine as engines
+
+    seen, real = [], engines.resolve
+
+    def resolve(engine, mode, x, weights):
+        seen.append((engine, torch.is_grad_enabled()))
+        return real(engine, mode, x, weights)
+
+    monkeypatch.setattr(engines, "resolve", resolve)
+    return seen
+
+
+def test_task_commands_take_engine_device_precision_and_tune(texts, tmp_path, capsys, monkeypatch):
+    seen = _record_engines(monkeypatch)
+    argv = ["train", "classify", "--data", texts / "train.txt", "--epochs", "1", "--json", *TINY]
+    argv += ["--engine", "reference", "--device", "cpu", "--precision", "bf16", "--tune"]
+    code, out, err = run([*argv, "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    trained = [engine for engine, grad in seen if grad]
+    assert trained and set(trained) == {"reference"}  # every training call, on the engine asked for
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["device"] == "cpu" and saved["train"]["precision"] == "bf16"
+    assert saved["train"]["tune"] is True and saved["options"]["engine"] == "reference"
+    assert math.isfinite(json.loads(out.strip().splitlines()[-1])["valid"]["accuracy"])
+    # where and how a run trains may change when it is resumed; the rest may not
+    seen.clear()
+    code, out, err = run(
+        ["train", "classify", "--resume", "--out", tmp_path / "run", "--epochs", "2", "--engine", "fused"],
+        capsys,
+    )
+    assert code == 0, err
+    assert {engine for engine, grad in seen if grad} == {"fused"}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["options"]["engine"] == "reference"
+
+
+def test_task_commands_refuse_an_engine_or_device_that_cannot_run_before_writing(
+    texts, tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    from rnnkit.engine import triton_engine
+
+    argv = ["train", "classify", "--data", texts / "train.txt", "--epochs", "1", *TINY]
+    fails([*argv, "--engine", "cudnn", "--out", tmp_path / "a"], capsys, "--engine must be one of", "'cudnn'")
+    monkeypatch.setattr(triton_engine, "INTERPRETED", False)
+    monkeypatch.setattr(triton_engine, "AVAILABLE", True)
+    fails(
+        [*argv, "--engine", "triton", "--device", "cpu", "--out", tmp_path / "b"],
+        capsys,
+        "--engine triton runs on CUDA only",
+        "--device cuda",
+    )
+    monkeypatch.setattr(triton_engine, "AVAILABLE", False)
+    fails([*argv, "--engine", "triton", "--out", tmp_path / "c"], capsys, "needs Triton", "rnnkit[gpu]")
+    if not torch.cuda.is_available():
+        fails([*argv, "--device", "cuda", "--out", tmp_path / "d"], capsys, "CUDA is not available")
+    fails([*argv, "--precision", "fp8", "--out", tmp_path / "e"], capsys, "--precision")
+    assert not any((tmp_path / name).exists() for name in "abcde")

@@ -28,7 +28,7 @@ from . import engine as engines
 from .cells import gate_width
 from .engine import LayerWeights, reverse_within_lengths
 
-__all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
+__all__ = ["RNNBase", "RNN", "LSTM", "GRU", "set_engine"]
 
 LengthsLike = Tensor | Sequence[int]
 
@@ -404,3 +404,15 @@ class GRU(RNNBase):
         if "nonlinearity" in kwargs:
             raise TypeError("GRU: unexpected argument 'nonlinearity'")
         super().__init__(*args, **kwargs)
+
+
+def set_engine(module: nn.Module, engine: str) -> int:
+    """Use ``engine`` in every rnnkit recurrent layer inside ``module`` (itself included).
+
+    Returns how many layers it set. The engine is not part of a model's weights or architecture,
+    so a model built with the default ``"auto"`` can be switched after construction or loading.
+    """
+    found = [m for m in module.modules() if isinstance(m, RNNBase)]
+    for layer in found:
+        layer.engine = engine
+    return len(found)

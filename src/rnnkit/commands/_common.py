@@ -21,8 +21,10 @@ import typer
 from torch import Tensor, nn
 
 from .. import __version__
+from .. import engine as engines
 from ..errors import RnnkitError
-from ..training import StepOutput, TaskAdapter, TrainConfig, Trainer, seed_everything
+from ..layers import set_engine
+from ..training import StepOutput, TaskAdapter, TrainConfig, Trainer, resolve_device, seed_everything
 from ..training.checkpoint import (
     BEST_FILE,
     CONFIG_FILE,
@@ -39,6 +41,10 @@ __all__ = [
     "LossTask",
     "ConfigOption",
     "ResumeOption",
+    "EngineOption",
+    "DeviceOption",
+    "PrecisionOption",
+    "TuneOption",
     "command_options",
     "explicit_flags",
     "start_run",
@@ -151,6 +157,15 @@ JsonOption = Annotated[bool, typer.Option("--json", help="print the final figure
 ResumeOption = Annotated[
     bool, typer.Option(help="continue the run in --out from its last checkpoint (its own options)")
 ]
+EngineOption = Annotated[
+    str, typer.Option(help="recurrent layers' engine: auto, fused, reference or triton (CUDA)")
+]
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda")]
+PrecisionOption = Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), fp32 or bf16")]
+TuneOption = Annotated[
+    bool,
+    typer.Option(help="GPU: time the Triton kernels' plans on first use, keep the fastest (cudnn.benchmark)"),
+]
 ConfigOption = Annotated[
     Path | None, typer.Option(help="TOML or YAML file of options; flags given explicitly override it")
 ]
@@ -207,13 +222,28 @@ def _typed(value: Any, hint: Any, key: str, config: Path) -> Any:
     raise RnnkitError(f"{config}: {key} must be {name}, got {value!r}")
 
 
-#: Options a resumed run may change: budgets and display. Anything else would change what the
-#: checkpoint is a checkpoint of.
-RESUMABLE = frozenset({"epochs", "max_steps", "early_stopping", "progress", "as_json", "resume", "out"})
+#: Options a resumed run may change: budgets, display, and where and how it runs (device,
+#: precision, engine, tuning). Anything else would change what the checkpoint is a checkpoint of.
+RESUMABLE = frozenset(
+    {"epochs", "max_steps", "early_stopping", "progress", "as_json", "resume", "out"}
+    | {"engine", "device", "precision", "tune"}
+)
 
 
 #: The flags every task command hands to the Trainer, by their TrainConfig field names.
-TRAINER_FLAGS = ("epochs", "max_steps", "lr", "clip", "schedule", "early_stopping", "seed", "progress")
+TRAINER_FLAGS = (
+    "epochs",
+    "max_steps",
+    "lr",
+    "clip",
+    "schedule",
+    "early_stopping",
+    "seed",
+    "progress",
+    "device",
+    "precision",
+    "tune",
+)
 
 
 def train_config(options: dict[str, Any], **overrides: Any) -> TrainConfig:
@@ -250,6 +280,7 @@ def start_run(
     Seeds every random number generator from ``--seed`` first, so the model's initial weights
     (built before the Trainer starts) are the same in every run with the same seed.
     """
+    engines.check(options.get("engine", "auto"), resolve_device(options.get("device", "auto")))
     if not options.get("resume"):
         seed_everything(options.get("seed", 0))
         return options, new_run_dir(options.get("out"), task), False
@@ -282,6 +313,7 @@ def start_run(
             )
     merged.update({k: v for k, v in options.items() if k in RESUMABLE and k in given})
     merged.update(resume=True, out=run_dir)
+    engines.check(merged.get("engine", "auto"), resolve_device(merged.get("device", "auto")))
     seed_everything(merged.get("seed", 0))
     return merged, run_dir, True
 
@@ -351,11 +383,14 @@ def fit(
     run_dir: Path,
     echo: Callable[[str], None] = print,
     resume: bool = False,
+    engine: str = "auto",
 ) -> Fitted:
-    """Train with the shared :class:`Trainer` (``resume``: from the run's last checkpoint), then
-    reload the best weights."""
+    """Train with the shared :class:`Trainer` (``resume``: from the run's last checkpoint), the
+    model's recurrent layers on ``engine``; then reload the best weights."""
+    set_engine(model, engine)
     seed_everything(config.seed)
     trainer = Trainer(model, task, train, valid, config, run_dir=run_dir, echo=echo)
     result = trainer.fit(resume=resume)
     model = load_best(run_dir, trainer.module.cpu())
+    set_engine(model, "auto")  # the scoring that follows runs on the CPU
     return Fitted(model, trainer, result.seconds, result.steps, result.stopped)

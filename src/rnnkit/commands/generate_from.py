@@ -20,15 +20,19 @@ from ._common import (
     Batches,
     ClipOption,
     ConfigOption,
+    DeviceOption,
     EarlyStoppingOption,
+    EngineOption,
     JsonOption,
     LossTask,
     LrOption,
     MaxStepsOption,
+    PrecisionOption,
     ProgressOption,
     ResumeOption,
     ScheduleOption,
     SeedOption,
+    TuneOption,
     command_options,
     fit,
     load_best,
@@ -101,6 +105,10 @@ def train_generate_from(
     schedule: ScheduleOption = "cosine",
     early_stopping: EarlyStoppingOption = 3,
     seed: SeedOption = 0,
+    engine: EngineOption = "auto",
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    tune: TuneOption = False,
     out: Annotated[
         Path | None, typer.Option(help="run folder (default: runs/generate-from-<timestamp>)")
     ] = None,
@@ -176,6 +184,7 @@ def run_generate_from(given: set[str] | None = None, **o: Any) -> dict[str, Any]
         tc,
         run_dir,
         resume=resume,
+        engine=o.get("engine", "auto"),
     )
     result: dict[str, Any] = {
         "task": "generate-from",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import RnnkitError
 from . import reference
 from .common import LayerWeights, State, reverse_within_lengths, step_mask
 
@@ -21,6 +22,7 @@ __all__ = [
     "LayerWeights",
     "State",
     "autocast_dtype",
+    "check",
     "run",
     "resolve",
     "reverse_within_lengths",
@@ -55,6 +57,27 @@ def resolve(engine: str, mode: str, x: Tensor, weights: LayerWeights) -> str:
     except ImportError:
         return "reference"
     return "fused" if fused.supports(mode, x, weights) else "reference"
+
+
+def check(engine: str, device: torch.device | str) -> None:
+    """Raise :class:`~rnnkit.errors.RnnkitError` before any work when ``engine`` cannot run on
+    ``device``: an unknown name, or ``triton`` without Triton or off CUDA (Triton's CPU
+    interpreter, ``TRITON_INTERPRET=1``, excepted)."""
+    if engine not in ENGINES:
+        raise RnnkitError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "triton":
+        return
+    from . import triton_engine
+
+    if not triton_engine.AVAILABLE:
+        raise RnnkitError(
+            "--engine triton needs Triton: pip install 'rnnkit[gpu]' (with a CUDA build of torch)"
+        )
+    if torch.device(device).type != "cuda" and not triton_engine.INTERPRETED:
+        raise RnnkitError(
+            f"--engine triton runs on CUDA only, and the device here is {torch.device(device).type}; "
+            "use --device cuda on a GPU machine, or --engine auto"
+        )
 
 
 def autocast_dtype(engine: str, x: Tensor) -> torch.dtype | None:
@@ -101,7 +124,7 @@ def run(
         from . import triton_engine
 
         if not triton_engine.supports(mode, x, weights):
-            raise ValueError(
+            raise RnnkitError(
                 f"engine='triton' needs Triton and CUDA tensors of float32/bfloat16/float16 "
                 f"(or TRITON_INTERPRET=1 on the CPU); got {x.dtype} on {x.device}"
                 + ("" if triton_engine.AVAILABLE else "; Triton is not installed (pip install rnnkit[gpu])")

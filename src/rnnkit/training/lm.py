@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from .. import engine as engines
 from ..data import LMDataConfig, StreamBatches, Vocabulary, eval_streams, load_lm_data, read_text, tokenize
 from ..errors import RnnkitError
 from ..generate import SamplingConfig, generate
@@ -224,6 +225,7 @@ def train_lm(config: LMRunConfig, echo: Callable[[str], None] | None = None) -> 
     rank 0 writes and prints). Files land in the run folder (see :mod:`rnnkit.training.checkpoint`).
     """
     started = time.perf_counter()
+    engines.check(config.engine, resolve_device(config.train.device))
     info = init_distributed()
     echo = echo or print
     say = echo if info.is_main else (lambda line: None)
@@ -325,7 +327,8 @@ def load_lm(
 ) -> tuple[LanguageModel, Vocabulary, dict[str, Any]]:
     """The trained model of ``run_dir`` (best weights when saved), its vocabulary and saved config.
 
-    ``engine`` picks the layers' engine (default: the one the run was trained with).
+    ``engine`` picks the layers' engine (default: the one the run was trained with, or ``auto``
+    where that one cannot run on ``device``: a run trained with ``triton`` on a GPU loads on the CPU).
 
     Raises :class:`RnnkitError` for a missing or corrupt run folder.
     """
@@ -342,9 +345,15 @@ def load_lm(
     vocab = Vocabulary.from_dict(saved.get("vocab", {}))
     if len(vocab) != model_config.vocab_size:
         raise RnnkitError(f"{run_dir / CONFIG_FILE}: corrupt: vocabulary and model disagree in size")
+    where = resolve_device(device)
+    if engine is None:
+        try:
+            engines.check(model_config.engine, where)
+        except RnnkitError:
+            model_config.engine = "auto"
     model = LanguageModel(model_config)
     load_weights(_pick_weights(run_dir), model)
-    model.to(resolve_device(device))
+    model.to(where)
     model.eval()
     return model, vocab, saved
 
