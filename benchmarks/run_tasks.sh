@@ -15,7 +15,7 @@ run() {  # name, then the rnnkit arguments
 }
 run names      train classify --epochs 3 --schedule plateau
 run gunpoint   train classify --data "$DATA/gunpoint/GunPoint_TRAIN.ts" --test "$DATA/gunpoint/GunPoint_TEST.ts" \
-               --epochs 60 --early-stopping 0 --batch-size 16 --hidden-size 64 --lr 1e-2 --pooling mean
+               --epochs 300 --early-stopping 0 --batch-size 16 --cell gru --hidden-size 64 --lr 3e-3 --pooling max
 run mr         train classify --data "$DATA/mr" --level word --epochs 2 --schedule plateau --hidden-size 128 --embedding-size 128 \
                --dropout 0.3
 # dates: the reported figures are those of this run's step-200 checkpoint (the run was stopped
