@@ -540,15 +540,19 @@ def to_markdown(payload: dict) -> str:
         f"Machine: {m['gpu']} (sm {m['capability']}, {m['sms']} SMs), torch {m['torch']}, CUDA {m['cuda']}, "
         f"cuDNN {m['cudnn']}, Triton {m['triton']}, Python {m['python']}; "
         f"cudnn.allow_tf32 {m['cudnn_allow_tf32']}; {m['date_utc']}  ",
-        f'Unit: {payload["unit"]}. `default` is the path `engine="triton"` (and `auto` on CUDA) picks; '
+        f'Unit: {payload["unit"]}. `default` is the path `engine="triton"` picks; '
         "ratio = default / cuDNN; target from the GPU issue (0.33 where cuDNN takes >= 10 us/step "
         "with H <= 512 and B <= 64, else 1.0); mem = peak memory / cuDNN's; err = max error of the "
-        "default against cuDNN over outputs, final state and every gradient.\n",
+        "default against cuDNN over outputs, final state and every gradient; auto = what "
+        '`engine="auto"` runs on CUDA by its rule (`native` = cuDNN, `rnnkit.engine.native.preferred`).\n',
         "| mode | dtype | B | T | I | H | cudnn | "
         + " | ".join(n.replace("triton:", "") for n in names)
-        + " | default | ratio | target | met | mem | err |",
-        "|" + "---|" * (13 + len(names)),
+        + " | default | ratio | target | met | mem | err | auto |",
+        "|" + "---|" * (14 + len(names)),
     ]
+    from rnnkit.engine import native
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     for row in payload["rows"]:
         by = {r["impl"]: r for r in row["impls"]}
         cells = []
@@ -565,7 +569,13 @@ def to_markdown(payload: dict) -> str:
         lines.append(
             f"| {row['mode']} | {row['dtype']} | {row['B']} | {row['T']} | {row['I']} | {row['H']} | "
             + " | ".join(cells)
-            + f" | {path} | {ratio} | {target} | {met} | {mem} | {err} |"
+            + f" | {path} | {ratio} | {target} | {met} | {mem} | {err} | "
+            + (
+                "native"
+                if native.preferred(row["mode"], row["B"], row["H"], dtypes[row["dtype"]])
+                else "triton"
+            )
+            + " |"
         )
     return "\n".join(lines) + "\n"
 

@@ -9,12 +9,12 @@ import rnnkit
 
 MODES = ("rnn", "lstm", "gru")
 
-try:  # the fused engine is optional until it lands; tests cover every engine present
+try:  # the fused engine needs Numba for its fast loops; tests cover every engine present
     from rnnkit.engine import fused as _fused  # noqa: F401
 
-    ENGINES = ("reference", "fused")
+    ENGINES = ("reference", "fused", "native")
 except ImportError:  # pragma: no cover
-    ENGINES = ("reference",)
+    ENGINES = ("reference", "native")
 
 
 def torch_class(mode: str) -> type[nn.RNNBase]:

@@ -621,3 +621,27 @@ def test_layer_under_autocast_runs_the_triton_engine_in_low_precision():
     ours.engine = "fused"  # the CPU engines keep float32 under autocast
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert ours(x.cpu(), lengths=lengths)[0].dtype == torch.float32
+
+
+def test_auto_times_triton_against_native_once_per_kind_of_call(monkeypatch, _tuning):
+    # what engine="auto" does on CUDA under cudnn.benchmark: the faster of the Triton kernels
+    # (on their tuned plan) and cuDNN's, timed on the first call of each kind
+    from rnnkit import engine as engines
+
+    x, state, weights = _problem("gru", 3, 5, 4, 24, torch.float32)
+    monkeypatch.setattr(engines, "CHOSEN", {})
+    monkeypatch.setattr(te, "tune", lambda *a, **k: te.plan_for("gru", 3, 24, torch.float32))
+    speeds = [2.0, 1.0, 1.0, 3.0]  # triton, native (with backward); triton, native (forward only)
+    timed = []
+
+    def fake_seconds(fn, repeats):
+        fn()  # each candidate really runs
+        timed.append(speeds[len(timed)])
+        return timed[-1]
+
+    monkeypatch.setattr(te, "_seconds", fake_seconds)
+    assert engines.choose("gru", x, state, weights) == "native"
+    assert engines.choose("gru", x, state, weights) == "native" and len(timed) == 2  # remembered
+    with torch.no_grad():
+        assert engines.choose("gru", x, state, weights) == "triton" and len(timed) == 4
+    assert sorted(engines.CHOSEN.values()) == ["native", "triton"]

@@ -108,7 +108,11 @@ def train_lm_command(
         bool, typer.Option(help="share embedding and output weights", rich_help_panel=MODEL)
     ] = R.tie_weights,
     engine: Annotated[
-        str, typer.Option(help="layer engine: auto, fused, reference or triton (CUDA)", rich_help_panel=MODEL)
+        str,
+        typer.Option(
+            help="layer engine: auto, fused, reference, triton (CUDA) or native (cuDNN)",
+            rich_help_panel=MODEL,
+        ),
     ] = R.engine,
     epochs: Annotated[
         int, typer.Option(help="passes over the training text", rich_help_panel=OPTIM)

@@ -206,9 +206,9 @@ class RNNBase(nn.Module):
         else:  # the stack in one dtype, chosen here rather than op by op
             low = engines.autocast_dtype(self.engine, x)
             with torch.autocast(x.device.type, enabled=False):
-                if low is None:  # fused, reference: float32 (the fused engine has no bf16 path)
+                if low is None:  # the CPU engines: float32 (the fused engine has no bf16 path)
                     output, final = self._run_stack(x, state, lens)
-                else:  # the Triton engine in autocast's dtype, as cuDNN's RNNs under autocast
+                else:  # Triton's or cuDNN's kernels in autocast's dtype, as torch.nn's under autocast
                     output, final = self._run_stack(x.to(low), [s.to(low) for s in state], lens, low)
 
         if packed:
@@ -332,10 +332,11 @@ _DOC_ARGS = """
         dropout: dropout on the outputs of every layer but the last, in training.
         bidirectional: add a reverse direction per layer, ``D = 2``.
         engine: ``"auto"`` (fastest correct), ``"fused"`` (hand-written BPTT), ``"reference"``
-            (the cell looped over time, autograd BPTT) or ``"triton"`` (persistent GPU kernels).
-            Under ``torch.autocast`` a float32 layer on the Triton engine runs in autocast's
-            dtype (weights, input and state cast; output and final state in that dtype), as
-            torch.nn's cuDNN RNNs do; the fused and reference engines keep float32.
+            (the cell looped over time, autograd BPTT), ``"triton"`` (persistent GPU kernels) or
+            ``"native"`` (PyTorch's own kernels: cuDNN on CUDA). Under ``torch.autocast`` a
+            float32 layer on CUDA (``auto``, ``triton``, ``native``) runs in autocast's dtype
+            (weights, input and state cast; output and final state in that dtype), as torch.nn's
+            cuDNN RNNs do; on the CPU the engines keep float32.
 
     Inputs: ``input, hx=None, *, lengths=None`` (see :mod:`rnnkit.layers` for shapes).
 """

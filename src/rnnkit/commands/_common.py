@@ -158,7 +158,8 @@ ResumeOption = Annotated[
     bool, typer.Option(help="continue the run in --out from its last checkpoint (its own options)")
 ]
 EngineOption = Annotated[
-    str, typer.Option(help="recurrent layers' engine: auto, fused, reference or triton (CUDA)")
+    str,
+    typer.Option(help="recurrent layers' engine: auto, fused, reference, triton (CUDA) or native (cuDNN)"),
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda")]
 PrecisionOption = Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), fp32 or bf16")]

@@ -3,10 +3,14 @@
 - ``reference``: the cell looped over time, BPTT by autograd (:mod:`.reference`).
 - ``fused``: one ``autograd.Function`` per cell type with BPTT written by hand (:mod:`.fused`).
 - ``triton``: persistent Triton GPU kernels, one launch for the whole sequence (:mod:`.triton_engine`).
-- ``auto``: the fastest correct engine for the device and configuration.
+- ``native``: PyTorch's own kernels, what ``torch.nn.LSTM`` runs: cuDNN on CUDA (:mod:`.native`).
+- ``auto``: the fastest correct engine for the device and configuration (:func:`resolve`).
 """
 
 from __future__ import annotations
+
+import functools
+import logging
 
 import torch
 from torch import Tensor
@@ -15,14 +19,22 @@ from ..errors import RnnkitError
 from . import reference
 from .common import LayerWeights, State, reverse_within_lengths, step_mask
 
-ENGINES = ("auto", "fused", "reference", "triton")
+_log = logging.getLogger("rnnkit.triton")
+
+ENGINES = ("auto", "fused", "reference", "triton", "native")
+
+#: ``auto``'s choices between ``"triton"`` and ``"native"`` timed on CUDA under
+#: ``torch.backends.cudnn.benchmark``, by the Triton tuner's key (:func:`choose`).
+CHOSEN: dict[tuple, str] = {}
 
 __all__ = [
     "ENGINES",
     "LayerWeights",
     "State",
+    "CHOSEN",
     "autocast_dtype",
     "check",
+    "choose",
     "run",
     "resolve",
     "reverse_within_lengths",
@@ -31,13 +43,15 @@ __all__ = [
 
 
 def resolve(engine: str, mode: str, x: Tensor, weights: LayerWeights) -> str:
-    """The concrete engine (``fused``, ``reference`` or ``triton``) that ``engine`` stands for here.
+    """The concrete engine (``fused``, ``reference``, ``triton`` or ``native``) that ``engine``
+    stands for here.
 
     ``auto`` policy:
 
-    - on CUDA, ``triton`` where Triton is installed and supports the call: one launch per
-      sequence instead of a host-side loop of small kernels, and the only fast path for
-      bf16/fp16 (not yet timed against cuDNN: ``benchmarks/bench_gpu.py`` is ready for that);
+    - on CUDA, ``triton`` where Triton supports the call, except where cuDNN was measured faster
+      on an H100 (:func:`.native.preferred`: float32 at ``H <= 128``, and ``B * H >= 256 * 1024``):
+      ``native`` there, and wherever Triton is missing or lacks the dtype (float64). With
+      ``torch.backends.cudnn.benchmark`` set, :func:`run` times the two instead (:func:`choose`);
     - otherwise ``fused`` wherever it supports the call (float32/float64, any device): on the CPU
       its compiled loop is measured in ``benchmarks/results/cpu.md``;
     - ``reference`` for everything else (e.g. float16 on the CPU).
@@ -45,18 +59,55 @@ def resolve(engine: str, mode: str, x: Tensor, weights: LayerWeights) -> str:
     if engine != "auto":
         return engine
     if x.is_cuda:
-        try:
-            from . import triton_engine
-        except ImportError:
-            pass
-        else:
-            if triton_engine.supports(mode, x, weights):
-                return "triton"
+        from . import native
+
+        if _triton_supports(mode, x, weights) and not native.preferred(
+            mode, x.shape[1], weights.weight_hh.shape[1], x.dtype
+        ):
+            return "triton"
+        if native.supports(mode, x, weights):
+            return "native"
     try:
         from . import fused
     except ImportError:
         return "reference"
     return "fused" if fused.supports(mode, x, weights) else "reference"
+
+
+def _triton_supports(mode: str, x: Tensor, weights: LayerWeights) -> bool:
+    try:
+        from . import triton_engine
+    except ImportError:
+        return False
+    return triton_engine.supports(mode, x, weights)
+
+
+def choose(
+    mode: str,
+    x: Tensor,
+    state: State,
+    weights: LayerWeights,
+    lengths: Tensor | None = None,
+    nonlinearity: str = "tanh",
+) -> str:
+    """``"triton"`` or ``"native"``, whichever is faster for this call, timed once per kind of
+    call (the Triton tuner's key: device, mode, dtype, ``H``, ``B`` and ``T`` rounded up to powers
+    of two, with or without backward) on copies of its inputs, the Triton kernels with their own
+    tuned plan; remembered in :data:`CHOSEN`. What ``auto`` does on CUDA under
+    ``torch.backends.cudnn.benchmark``."""
+    from . import native, triton_engine
+
+    backward = triton_engine.wants_backward(x, state, weights)
+    key = triton_engine._tune_key(mode, nonlinearity, x, weights.weight_hh.shape[1], backward)
+    if key not in CHOSEN:
+        plan = triton_engine.tune(mode, x, state, weights, lengths, nonlinearity, backward=backward)
+        runners = {"triton": functools.partial(triton_engine.run, plan=plan), "native": native.run}
+        timed = triton_engine.time_candidates(
+            mode, x, state, weights, lengths, nonlinearity, runners, backward=backward
+        )
+        CHOSEN[key] = min(timed, key=timed.get) if timed else "triton"
+        _log.info("auto %s: %s (%s)", key, CHOSEN[key], ", ".join(f"{k} {v:.2e} s" for k, v in timed.items()))
+    return CHOSEN[key]
 
 
 def check(engine: str, device: torch.device | str) -> None:
@@ -82,17 +133,19 @@ def check(engine: str, device: torch.device | str) -> None:
 
 def autocast_dtype(engine: str, x: Tensor) -> torch.dtype | None:
     """The dtype a float32 layer runs in under autocast, as torch.nn's cuDNN RNNs do: autocast's
-    low-precision dtype where autocast is on for ``x``'s device and the Triton engine takes the
-    call (``auto`` on CUDA; ``triton`` on CUDA, or on the CPU under Triton's interpreter); else
-    ``None`` (the fused and reference engines keep float32: the fused one has no low-precision
-    path)."""
+    low-precision dtype where autocast is on for ``x``'s device and the Triton or cuDNN kernels
+    take the call (``auto`` or ``native`` on CUDA; ``triton`` on CUDA, or on the CPU under
+    Triton's interpreter); else ``None`` (the CPU engines keep float32: the fused one has no
+    low-precision path)."""
     device = x.device.type
     if x.dtype != torch.float32 or not torch.is_autocast_enabled(device):
         return None
     dtype = torch.get_autocast_dtype(device)
     if dtype not in (torch.bfloat16, torch.float16):
         return None
-    if (engine == "auto" and device == "cuda") or engine == "triton":
+    if device == "cuda" and engine in ("auto", "native"):
+        return dtype  # Triton's kernels or cuDNN's, both in the low dtype
+    if engine == "triton":
         try:
             from . import triton_engine
         except ImportError:
@@ -116,6 +169,17 @@ def run(
     ``lengths`` ``(B,)`` or ``None``. Returns ``output`` ``(T, B, H)`` and the final state.
     """
     chosen = resolve(engine, mode, x, weights)
+    if (
+        engine == "auto"
+        and x.is_cuda
+        and torch.backends.cudnn.benchmark
+        and _triton_supports(mode, x, weights)
+    ):
+        chosen = choose(mode, x, state, weights, lengths, nonlinearity)
+    if chosen == "native":
+        from . import native
+
+        return native.run(mode, x, state, weights, lengths, nonlinearity)
     if chosen == "fused":
         from . import fused
 

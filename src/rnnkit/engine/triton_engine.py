@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import statistics
 import time
@@ -259,28 +260,28 @@ def _seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def tune(
+def wants_backward(x: Tensor, state: State, weights: LayerWeights) -> bool:
+    """Whether autograd will want a backward through this call (what :func:`tune` times)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *state, *weights))
+
+
+def time_candidates(
     mode: str,
     x: Tensor,
     state: State,
     weights: LayerWeights,
-    lengths: Tensor | None = None,
-    nonlinearity: str = "tanh",
+    lengths: Tensor | None,
+    nonlinearity: str,
+    runners: dict,
     *,
-    backward: bool = True,
+    backward: bool,
     repeats: int = 3,
-) -> Plan:
-    """The fastest of :func:`candidate_plans` for this call, timed on copies of its inputs
-    (forward, and with ``backward`` the backward too, under random upstream gradients), and
-    remembered in :data:`TUNED` for calls of the same kind. :func:`run` tunes by itself when
-    ``torch.backends.cudnn.benchmark`` is set, as cuDNN does for its algorithms; the first call
-    of each kind then compiles and times every candidate (tens of seconds on a GPU whose Triton
-    cache is cold). A candidate that fails (say, out of shared memory) is skipped."""
+) -> dict:
+    """Median seconds of each ``runners[label](mode, x, state, weights, lengths, nonlinearity)``
+    on copies of the call's inputs: the forward, and with ``backward`` the backward too under
+    random upstream gradients. A runner that fails (say, a plan out of shared memory) is left out."""
     T, B, _ = x.shape
     H = weights.weight_hh.shape[1]
-    key = _tune_key(mode, nonlinearity, x, H, backward)
-    if key in TUNED:
-        return TUNED[key]
     # copies outside inference mode (its tensors cannot be saved for a backward); gradients
     # only where the backward is timed
     with torch.inference_mode(False), torch.set_grad_enabled(backward):
@@ -295,17 +296,46 @@ def tune(
         ups = [torch.randn(T, B, H, device=x.device, dtype=x.dtype)]
         ups += [torch.randn_like(s) for s in st]
 
-        def step(plan: Plan) -> None:
-            out, fin = run(mode, xs, st, ws, lens, nonlinearity, plan=plan)
+        def step(runner) -> None:
+            out, fin = runner(mode, xs, st, ws, lens, nonlinearity)
             if backward:
                 torch.autograd.grad([out, *fin], leaves, ups)
 
         timed = {}
-        for plan in candidate_plans(mode, B, H, x.dtype):
+        for label, runner in runners.items():
             try:
-                timed[plan] = _seconds(lambda plan=plan: step(plan), repeats)
+                timed[label] = _seconds(lambda runner=runner: step(runner), repeats)
             except Exception as e:  # e.g. a variant the compiler cannot fit: not a candidate here
-                _log.info("triton tune: %s failed: %s", plan, e)
+                _log.info("timing %s failed: %s", label, e)
+    return timed
+
+
+def tune(
+    mode: str,
+    x: Tensor,
+    state: State,
+    weights: LayerWeights,
+    lengths: Tensor | None = None,
+    nonlinearity: str = "tanh",
+    *,
+    backward: bool = True,
+    repeats: int = 3,
+) -> Plan:
+    """The fastest of :func:`candidate_plans` for this call, timed on copies of its inputs
+    (:func:`time_candidates`), and remembered in :data:`TUNED` for calls of the same kind.
+    :func:`run` tunes by itself when ``torch.backends.cudnn.benchmark`` is set, as cuDNN does
+    for its algorithms; the first call of each kind then compiles and times every candidate
+    (tens of seconds on a GPU whose Triton cache is cold). A candidate that fails (say, out of
+    shared memory) is skipped."""
+    T, B, _ = x.shape
+    H = weights.weight_hh.shape[1]
+    key = _tune_key(mode, nonlinearity, x, H, backward)
+    if key in TUNED:
+        return TUNED[key]
+    runners = {plan: functools.partial(run, plan=plan) for plan in candidate_plans(mode, B, H, x.dtype)}
+    timed = time_candidates(
+        mode, x, state, weights, lengths, nonlinearity, runners, backward=backward, repeats=repeats
+    )
     # none ran: the default, whose own run then reports what is wrong
     best = min(timed, key=timed.get) if timed else plan_for(mode, B, H, x.dtype)
     if timed:
@@ -734,10 +764,9 @@ def run(
     device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
     with device:
         if plan is None and torch.backends.cudnn.benchmark:
-            backward = torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad for t in (x, *state, *weights)
+            plan = tune(
+                mode, x, state, weights, lens, nonlinearity, backward=wants_backward(x, state, weights)
             )
-            plan = tune(mode, x, state, weights, lens, nonlinearity, backward=backward)
         if plan is None:
             plan = plan_for(mode, B, H, x.dtype)
         if plan.path == "resident" and plan.block_h < H:

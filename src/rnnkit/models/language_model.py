@@ -35,8 +35,8 @@ class LanguageModelConfig:
         dropout: dropout on the embeddings, between layers and before the projection (training only).
         tie_weights: share the embedding matrix with the output projection (Press & Wolf 2016);
             needs ``E == H``.
-        engine: the layers' engine, ``"auto"``, ``"fused"``, ``"reference"`` or ``"triton"`` (not part of the
-            architecture: any engine loads any checkpoint).
+        engine: the layers' engine, ``"auto"``, ``"fused"``, ``"reference"``, ``"triton"`` or
+            ``"native"`` (not part of the architecture: any engine loads any checkpoint).
     """
 
     vocab_size: int
