@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,n
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
 pytest_gpu() {
-    python -m pytest tests/test_triton.py -q -p no:cacheprovider -k "$1"
+    python -m pytest tests/test_triton.py tests/test_native.py -q -p no:cacheprovider -k "$1"
 }
 timeout "${SPLIT_S:-150}" bash -c "$(declare -f pytest_gpu); pytest_gpu 'gpu and split'" 2>&1 | tee "$OUT/split_tests.log"
 split_rc=$?

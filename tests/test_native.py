@@ -95,7 +95,7 @@ def test_autos_rule_on_cuda_matches_the_h100_measurements():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
-def test_native_on_cuda_under_autocast_is_cudnn_under_autocast(mode):
+def test_gpu_native_under_autocast_is_cudnn_under_autocast(mode):
     torch.manual_seed(0)
     ours = getattr(rnnkit, mode.upper())(32, 64, num_layers=2, engine="native").cuda()
     theirs = getattr(torch.nn, mode.upper())(32, 64, num_layers=2).cuda()
