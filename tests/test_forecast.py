@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnkit.commands.forecast import Scaler, _windows
+from rnnkit.training.forecast import Scaler, _windows
 from rnnkit.metrics import mae, mape, seasonal_naive
 from rnnkit.models.forecaster import Forecaster, ForecasterConfig
 

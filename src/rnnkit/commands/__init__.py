@@ -41,19 +41,19 @@ def evaluate_run(task: str, run_dir: Path, data: Path | None, **options: Any) ->
     if data is None:
         raise RnnkitError(f"evaluate: a {task} run needs --data FILE, the labelled data to score")
     if task == "classify":
-        from .classify import evaluate_classifier
+        from ..training.classify import evaluate_classifier
 
         return evaluate_classifier(run_dir, data, options.get("text_col"), options.get("label_col"))
     if task == "translate":
-        from .translate import evaluate_translation
+        from ..training.translate import evaluate_translation
 
         return evaluate_translation(run_dir, data, options.get("target"), options.get("beam_size"))
     if task == "generate-from":
-        from .generate_from import evaluate_generator
+        from ..training.generate_from import evaluate_generator
 
         return evaluate_generator(run_dir, data, options.get("text_col"), options.get("label_col"))
     if task == "forecast":
-        from .forecast import evaluate_forecaster
+        from ..training.forecast import evaluate_forecaster
 
         return evaluate_forecaster(run_dir, data)
     raise RnnkitError(f"{run_dir}: 'evaluate' does not know task {task!r}")

@@ -1,9 +1,12 @@
-"""Training: a reusable Trainer, its configuration, checkpoints, logs, DDP helpers, and the LM task.
+"""Training: a reusable Trainer, its configuration, checkpoints, logs, DDP helpers, and the tasks.
 
 - :class:`Trainer` runs any task given a :class:`TaskAdapter` (how a batch becomes a loss).
 - :class:`TrainConfig` holds the task-independent settings; CLIs map flags onto it.
 - :mod:`.checkpoint` writes run folders atomically; :mod:`.logs` the CSVs and loss curve.
-- :mod:`.lm` is the language-model task built on all of these.
+- :mod:`.lm` is the language-model task built on all of these; :mod:`.classify`,
+  :mod:`.translate`, :mod:`.generate_from` and :mod:`.forecast` the other tasks, sharing run
+  folders, batching and the Trainer call (:mod:`.runs`). The CLI (:mod:`rnnkit.commands`) only
+  parses flags and calls them.
 """
 
 from __future__ import annotations
