@@ -82,9 +82,9 @@ class LongMemoryConfig:
                 raise ValueError(f"LongMemoryConfig: {name} must be a positive integer, got {value!r}")
         if not isinstance(self.clip_demo_steps, int) or self.clip_demo_steps < 0:
             raise ValueError(f"LongMemoryConfig: clip_demo_steps must be >= 0, got {self.clip_demo_steps!r}")
-        if self.engine not in ("auto", "fused", "reference"):
+        if self.engine not in ("auto", "fused", "reference", "native"):
             raise ValueError(
-                f"LongMemoryConfig: engine must be auto, fused or reference, got {self.engine!r}"
+                f"LongMemoryConfig: engine must be auto, fused, reference or native, got {self.engine!r}"
             )
         for n in self.lengths:
             make_task(self.task, n)  # a length the task cannot take fails here, before any training
