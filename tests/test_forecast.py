@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from rnnkit.training.forecast import Scaler, _windows
 from rnnkit.metrics import mae, mape, seasonal_naive
 from rnnkit.models.forecaster import Forecaster, ForecasterConfig
+from rnnkit.training.forecast import Scaler, _windows
 
 AIRLINE = Path(__file__).resolve().parents[2] / "shared" / "data" / "airpassengers" / "Airline.csv"
 

@@ -57,7 +57,9 @@ def long_memory_command(
     clip_demo_steps: Annotated[
         int, typer.Option(help="Steps of the RNN with/without clipping comparison (0: skip).")
     ] = _L.clip_demo_steps,
-    engine: Annotated[str, typer.Option(help="Engine: auto, fused, reference or native (PyTorch's kernels).")] = _L.engine,
+    engine: Annotated[
+        str, typer.Option(help="Engine: auto, fused, reference or native (PyTorch's kernels).")
+    ] = _L.engine,
 ) -> None:
     """Train each cell at each length with a fixed budget and seed; write table, plots and report.html."""
     try:
