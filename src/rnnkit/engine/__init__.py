@@ -49,7 +49,8 @@ def resolve(engine: str, mode: str, x: Tensor, weights: LayerWeights) -> str:
     ``auto`` policy:
 
     - on CUDA, ``triton`` where Triton supports the call, except where cuDNN was measured faster
-      on an H100 (:func:`.native.preferred`: float32 at ``H <= 128``, and ``B * H >= 256 * 1024``):
+      on an H100 (:func:`.native.preferred`: float32 at ``H <= 128``, the RNN cell to ``H = 256``,
+      and ``B * H >= 256 * 1024``):
       ``native`` there, and wherever Triton is missing or lacks the dtype (float64). With
       ``torch.backends.cudnn.benchmark`` set, :func:`run` times the two instead (:func:`choose`);
     - otherwise ``fused`` wherever it supports the call (float32/float64, any device): on the CPU
