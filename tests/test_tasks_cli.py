@@ -603,3 +603,12 @@ def test_task_commands_refuse_an_engine_or_device_that_cannot_run_before_writing
         fails([*argv, "--device", "cuda", "--out", tmp_path / "d"], capsys, "CUDA is not available")
     fails([*argv, "--precision", "fp8", "--out", tmp_path / "e"], capsys, "--precision")
     assert not any((tmp_path / name).exists() for name in "abcde")
+
+
+def test_evaluate_says_task_runs_are_scored_on_the_cpu(classify_run, texts, capsys):
+    fails(
+        ["evaluate", classify_run, "--data", texts / "train.txt", "--device", "cuda"],
+        capsys,
+        "classify runs are scored on the CPU",
+        "--device cuda",
+    )

@@ -238,7 +238,7 @@ def evaluate_command(
     run_dir: Annotated[Path, typer.Argument(help="run folder written by 'rnnkit train'")],
     text: Annotated[Path | None, typer.Option(help="text to score (language models)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto (language models)")] = "cpu",
     data: Annotated[Path | None, typer.Option(help="labelled data to score (other tasks)")] = None,
 ) -> None:
     """Score a trained model on new data; the figures are the last line printed."""
@@ -246,6 +246,8 @@ def evaluate_command(
 
     task = load_json(Path(run_dir) / CONFIG_FILE).get("task")
     if task in TASK_COMMANDS:
+        if device != "cpu":
+            raise RnnkitError(f"evaluate: {task} runs are scored on the CPU; drop --device {device}")
         figures = evaluate_task_run(task, run_dir, data)
         print(json.dumps(figures) if as_json else format_task_figures(figures))
         return
