@@ -156,7 +156,7 @@ def train_lm_command(
     tune: Annotated[
         bool,
         typer.Option(
-            help="GPU: time the Triton kernels' plans on first use, keep the fastest (cudnn.benchmark)",
+            help="GPU: time the Triton kernels' plans and cuDNN on first use, keep the fastest",
             rich_help_panel=RUN,
         ),
     ] = T.tune,

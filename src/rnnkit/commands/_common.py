@@ -56,7 +56,7 @@ DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or 
 PrecisionOption = Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), fp32 or bf16")]
 TuneOption = Annotated[
     bool,
-    typer.Option(help="GPU: time the Triton kernels' plans on first use, keep the fastest (cudnn.benchmark)"),
+    typer.Option(help="GPU: time the Triton kernels' plans and cuDNN on first use, keep the fastest"),
 ]
 ConfigOption = Annotated[
     Path | None, typer.Option(help="TOML or YAML file of options; flags given explicitly override it")

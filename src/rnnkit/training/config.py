@@ -40,8 +40,8 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on the CPU), ``"fp32"`` or ``"bf16"``.
         tune: set ``torch.backends.cudnn.benchmark`` for the run, so that the Triton engine times
-            its candidate plans on the first call of each kind and keeps the fastest (GPU only;
-            the CPU engines ignore it).
+            its candidate plans on the first call of each kind and keeps the fastest, and
+            ``engine="auto"`` times it against cuDNN (GPU only; the CPU engines ignore it).
         log_every: refresh the progress bar every this many steps (every step goes to the CSV).
         checkpoint_every: save a resumable checkpoint every this many steps (``0``: at epoch ends only).
         progress: show a progress bar.
