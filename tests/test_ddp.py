@@ -72,3 +72,94 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     state = torch.load(tmp_path / "ddp" / "trainer_state.pt", weights_only=True)
     assert state["world_size"] == 2 and state["step"] == single.step
     assert (tmp_path / "ddp" / "steps.csv").read_text() == (tmp_path / "single" / "steps.csv").read_text()
+
+
+def _classify_worker(rank: int, world: int, port: int, argv: list[str], seen_dir: str) -> None:
+    import rnnkit.training.classify as task
+    from rnnkit.cli import main
+
+    seen, loss = [], task._loss
+
+    def counting_loss(model, batch):  # the training examples this rank sees, step by step
+        if model.training:
+            seen.append(len(batch[2]))
+        return loss(model, batch)
+
+    task._loss = counting_loss
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code in (0, None), e.code
+    finally:
+        dist.destroy_process_group()
+    with open(f"{seen_dir}/seen{rank}.txt", "w") as f:
+        f.write(" ".join(map(str, seen)))
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_task_command_under_two_gloo_processes_matches_one_process(tmp_path, capsys):
+    # `rnnkit train classify` under torchrun: DDP, each rank its share of every global batch, one
+    # run folder written by rank 0; the weights equal a single process's with the same batch
+    from safetensors.torch import load_file
+
+    from rnnkit.cli import main
+
+    words = {"pos": ["good", "great", "fine"], "neg": ["bad", "awful", "poor"]}
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for i in range(60):
+        label = "pos" if i % 2 else "neg"
+        picks = torch.randint(0, 3, (4,), generator=g).tolist()
+        lines.append(f"{label}\t" + " ".join(words[label][k] for k in picks))
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    argv = ["train", "classify", "--data", str(tmp_path / "train.txt"), "--epochs", "2", "--batch-size", "8"]
+    argv += [
+        "--hidden-size",
+        "8",
+        "--embedding-size",
+        "8",
+        "--engine",
+        "reference",
+        "--no-progress",
+        "--json",
+    ]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(tmp_path / "single")])
+    assert e.value.code == 0
+    capsys.readouterr()
+    mp.spawn(
+        _classify_worker,
+        args=(2, _free_port(), [*argv, "--out", str(tmp_path / "ddp")], str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    for rank in (0, 1):  # 48 training examples, global batch 8: 4 a step on each rank, 12 steps
+        assert (tmp_path / f"seen{rank}.txt").read_text().split() == ["4"] * 12
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
+    ours, theirs = load_file(ddp / "model.safetensors"), load_file(single / "model.safetensors")
+    for name, value in theirs.items():
+        torch.testing.assert_close(ours[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    steps = [line.split(",")[0] for line in (ddp / "steps.csv").read_text().splitlines()]
+    assert steps == [line.split(",")[0] for line in (single / "steps.csv").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("n, expected_len", [(11, 3), (10, 2), (12, 3)])
+def test_batches_shard_every_global_batch_over_the_ranks(n, expected_len):
+    from rnnkit.errors import RnnkitError
+    from rnnkit.training.runs import Batches
+
+    whole = list(Batches(range(n), 4, list, shuffle=True, seed=3))
+    shards = [list(Batches(range(n), 4, list, shuffle=True, seed=3).shard(r, 3)) for r in range(3)]
+    assert all(
+        len(s) == expected_len == len(Batches(range(n), 4, list, shuffle=True).shard(r, 3))
+        for r, s in enumerate(shards)
+    )
+    for k in range(expected_len):  # each batch: the ranks' shares, in rank order, are the batch
+        parts = [s[k] for s in shards]
+        assert sum(parts, []) == whole[k] and max(map(len, parts)) - min(map(len, parts)) <= 1
+    with pytest.raises(RnnkitError, match="global batch"):
+        Batches(range(n), 2, list, shuffle=False).shard(0, 3)

@@ -76,6 +76,8 @@ def train_classify(
     """Train a sequence classifier; reports accuracy, macro-F1 and a confusion matrix PNG."""
     opts, given = command_options(ctx, train_classify, dict(locals()))
     result = run_classify(given=given, **opts)
+    if not result:  # another rank's process under torchrun: rank 0 prints
+        return
     _print(result, as_json)
 
 

@@ -65,6 +65,8 @@ def train_forecast(
     """Train a recurrent forecaster; reports MAPE and MAE beside a seasonal-naive baseline, and a plot."""
     opts, given = command_options(ctx, train_forecast, dict(locals()))
     result = run_forecast(given=given, **opts)
+    if not result:  # another rank's process under torchrun: rank 0 prints
+        return
     if as_json:
         print(json.dumps(result))
         return

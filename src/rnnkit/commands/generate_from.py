@@ -75,6 +75,8 @@ def train_generate_from(
     """Train a generator of sequences conditioned on a label; prints samples per condition."""
     opts, given = command_options(ctx, train_generate_from, dict(locals()))
     result = run_generate_from(given=given, **opts)
+    if not result:  # another rank's process under torchrun: rank 0 prints
+        return
     if as_json:
         print(json.dumps(result))
         return

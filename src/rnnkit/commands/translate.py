@@ -89,6 +89,8 @@ def train_translate(
     """Train an encoder-decoder with attention on parallel text; reports accuracy, perplexity, BLEU."""
     opts, given = command_options(ctx, train_translate, dict(locals()))
     result = run_translate(given=given, **opts)
+    if not result:  # another rank's process under torchrun: rank 0 prints
+        return
     if as_json:
         print(json.dumps(result))
         return

@@ -26,6 +26,7 @@ from .runs import (
     pad,
     pick_level,
     read_run,
+    say,
     split_indices,
     start_run,
     train_config,
@@ -200,12 +201,12 @@ def run_classify(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
         )
     model = SequenceClassifier(model_cfg)
     pairs = lambda s: list(zip(*splits[s]))  # noqa: E731
-    print(
+    say(
         f"data   {source}: {len(splits['train'][0])} train / {len(splits['valid'][0])} valid"
         + (f" / {len(splits['test'][0])} test" if "test" in splits else "")
         + f", {len(encoder.labels)} classes"
     )
-    print(
+    say(
         f"model  {model_cfg.cell.upper()} {'bi' if model_cfg.bidirectional else ''}"
         f"{model_cfg.num_layers}x{model_cfg.hidden_size}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters; run {run_dir}"
@@ -220,6 +221,8 @@ def run_classify(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
         resume=resume,
         engine=o.get("engine", "auto"),
     )
+    if not fitted.is_main:  # under torchrun rank 0 alone scores and writes the figures
+        return {}
     result: dict[str, Any] = {
         "task": "classify",
         "run_dir": str(run_dir),

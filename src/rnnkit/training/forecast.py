@@ -25,6 +25,7 @@ from .runs import (
     fit,
     load_best,
     read_run,
+    say,
     start_run,
     train_config,
     write_run_config,
@@ -156,7 +157,7 @@ def run_forecast(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
             },
             options=o,
         )
-    print(
+    say(
         f"data   {o['data']}: {len(train_part)} train steps ({len(windows)} windows) / {test_size} test; "
         f"run {run_dir}"
     )
@@ -171,6 +172,8 @@ def run_forecast(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
         resume=resume,
         engine=o.get("engine", "auto"),
     )
+    if not fitted.is_main:  # under torchrun rank 0 alone scores and writes the figures
+        return {}
     del model
     fc = _forecast(fitted.model, scaler, train_part, lookback)[:test_size]
     actual = series.target[-test_size:]

@@ -22,6 +22,7 @@ from .runs import (
     pad,
     pick_level,
     read_run,
+    say,
     split_indices,
     start_run,
     train_config,
@@ -102,7 +103,7 @@ def run_generate_from(given: set[str] | None = None, **o: Any) -> dict[str, Any]
             options=o,
         )
     model = ConditionalGenerator(cfg)
-    print(
+    say(
         f"data   {source}: {len(train)} train / {len(valid)} valid, {len(conditions)} conditions; "
         f"run {run_dir}"
     )
@@ -118,6 +119,8 @@ def run_generate_from(given: set[str] | None = None, **o: Any) -> dict[str, Any]
         resume=resume,
         engine=o.get("engine", "auto"),
     )
+    if not fitted.is_main:  # under torchrun rank 0 alone scores and writes the figures
+        return {}
     result: dict[str, Any] = {
         "task": "generate-from",
         "run_dir": str(run_dir),

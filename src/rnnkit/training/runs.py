@@ -33,8 +33,11 @@ from .checkpoint import (
     load_weights,
     save_json,
 )
+from .distributed import barrier, broadcast_object, init_distributed
 
 __all__ = [
+    "say",
+    "on_main",
     "pad",
     "Batches",
     "LossTask",
@@ -53,6 +56,28 @@ __all__ = [
 ]
 
 
+def say(line: str) -> None:
+    """Print ``line`` on rank 0 only (every process under ``torchrun`` runs the same command)."""
+    if init_distributed().is_main:
+        print(line)
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on rank 0 and its result on every rank; an :class:`RnnkitError` it raises is
+    raised on every rank (no rank is left waiting). Just ``fn()`` in a single process."""
+    info = init_distributed()
+    result = error = None
+    if info.is_main:
+        try:
+            result = fn()
+        except RnnkitError as err:
+            error = str(err)
+    result, error = broadcast_object((result, error), info)
+    if error is not None:
+        raise RnnkitError(error)
+    return result
+
+
 def pad(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
     """Right-pad token id lists. Returns ids ``(B, T_max)`` and lengths ``(B,)``."""
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
@@ -65,7 +90,10 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]
 class Batches:
     """Re-iterable mini-batches of ``items`` made by ``collate``; reshuffled per epoch when ``shuffle``.
 
-    The order depends only on ``seed`` and the epoch, so a run is repeatable.
+    The order depends only on ``seed`` and the epoch, so a run is repeatable. Under DDP
+    (:meth:`shard`) ``batch_size`` is the global batch: each rank collates its own share of every
+    batch (shares differ by at most one item), and a last batch with fewer items than ranks is
+    skipped on every rank alike.
     """
 
     def __init__(
@@ -81,19 +109,38 @@ class Batches:
             raise RnnkitError(f"--batch-size must be a positive integer, got {batch_size}")
         self.items, self.batch_size, self.collate = list(items), batch_size, collate
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> Batches:
+        """Yield only rank ``rank``'s share of each batch, of ``world_size`` ranks; returns self."""
+        if world_size > self.batch_size:
+            raise RnnkitError(
+                f"--batch-size {self.batch_size} is the global batch and must be at least the number of "
+                f"processes ({world_size})"
+            )
+        self.rank, self.world_size = rank, world_size
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return (len(self.items) + self.batch_size - 1) // self.batch_size
+        full, last = divmod(len(self.items), self.batch_size)
+        return full + (0 < last and last >= self.world_size)
 
     def __iter__(self):
         order = list(range(len(self.items)))
         if self.shuffle:
             random.Random(self.seed * 7919 + self.epoch).shuffle(order)
         for i in range(0, len(order), self.batch_size):
-            yield self.collate([self.items[j] for j in order[i : i + self.batch_size]])
+            chunk = order[i : i + self.batch_size]
+            if self.world_size > 1:
+                if len(chunk) < self.world_size:
+                    continue  # too few to share: skipped on every rank
+                per, extra = divmod(len(chunk), self.world_size)
+                start = self.rank * per + min(self.rank, extra)
+                chunk = chunk[start : start + per + (self.rank < extra)]
+            yield self.collate([self.items[j] for j in chunk])
 
 
 class LossTask(TaskAdapter):
@@ -194,12 +241,13 @@ def start_run(
     budgets and display (:data:`RESUMABLE`); the Trainer then continues from the run's last
     checkpoint.
     Seeds every random number generator from ``--seed`` first, so the model's initial weights
-    (built before the Trainer starts) are the same in every run with the same seed.
+    (built before the Trainer starts) are the same in every run with the same seed. Under
+    ``torchrun`` rank 0 names a new run folder and every rank gets it.
     """
     engines.check(options.get("engine", "auto"), resolve_device(options.get("device", "auto")))
     if not options.get("resume"):
         seed_everything(options.get("seed", 0))
-        return options, new_run_dir(options.get("out"), task), False
+        return options, on_main(lambda: new_run_dir(options.get("out"), task)), False
     if options.get("out") is None:
         raise RnnkitError("--resume needs --out RUN_DIR, the run folder to continue")
     run_dir = Path(options["out"])
@@ -241,24 +289,27 @@ def write_run_config(
     run_dir: Path, task: str, model_config: dict, extra: dict[str, Any], options: dict[str, Any] | None = None
 ) -> None:
     """``config.json`` of a new run: the model, the task's ``extra`` and, for ``--resume``, the
-    command's ``options`` (paths as strings, named in ``path_options``)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved: dict[str, Any] = {}
-    if options is not None:
-        saved["options"] = {k: _plain(v) for k, v in options.items()}
-        saved["path_options"] = sorted(k for k, v in options.items() if isinstance(v, Path))
-    save_json(
-        run_dir / CONFIG_FILE,
-        {
-            "format": 1,
-            "task": task,
-            "rnnkit_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": model_config,
-            **extra,
-            **saved,
-        },
-    )
+    command's ``options`` (paths as strings, named in ``path_options``). Rank 0 writes it."""
+    info = init_distributed()
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved: dict[str, Any] = {}
+        if options is not None:
+            saved["options"] = {k: _plain(v) for k, v in options.items()}
+            saved["path_options"] = sorted(k for k, v in options.items() if isinstance(v, Path))
+        save_json(
+            run_dir / CONFIG_FILE,
+            {
+                "format": 1,
+                "task": task,
+                "rnnkit_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "model": model_config,
+                **extra,
+                **saved,
+            },
+        )
+    barrier(info)
 
 
 def read_run(run_dir: Path, task: str | tuple[str, ...]) -> dict[str, Any]:
@@ -287,6 +338,7 @@ class Fitted:
     seconds: float
     steps: int
     stopped: str
+    is_main: bool = True  # rank 0 (or a single process): the one that scores and writes the figures
 
 
 def fit(
@@ -301,11 +353,17 @@ def fit(
     engine: str = "auto",
 ) -> Fitted:
     """Train with the shared :class:`Trainer` (``resume``: from the run's last checkpoint), the
-    model's recurrent layers on ``engine``; then reload the best weights."""
+    model's recurrent layers on ``engine``; then reload the best weights. Under ``torchrun`` the
+    Trainer wraps the model in DDP and each rank trains on its share of every batch
+    (:meth:`Batches.shard`)."""
+    info = init_distributed()
     set_engine(model, engine)
     seed_everything(config.seed)
-    trainer = Trainer(model, task, train, valid, config, run_dir=run_dir, echo=echo)
+    if info.enabled:
+        train.shard(info.rank, info.world_size)
+    trainer = Trainer(model, task, train, valid, config, run_dir=run_dir, dist=info, echo=echo)
     result = trainer.fit(resume=resume)
+    barrier(info)  # rank 0's last files are written
     model = load_best(run_dir, trainer.module.cpu())
     set_engine(model, "auto")  # the scoring that follows runs on the CPU
-    return Fitted(model, trainer, result.seconds, result.steps, result.stopped)
+    return Fitted(model, trainer, result.seconds, result.steps, result.stopped, info.is_main)

@@ -28,6 +28,7 @@ from .runs import (
     pad,
     pick_level,
     read_run,
+    say,
     split_indices,
     start_run,
     train_config,
@@ -200,12 +201,12 @@ def run_translate(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
             options=o,
         )
     model = Seq2Seq(cfg)
-    print(
+    say(
         f"data   {source}: {len(items)} train / {len(valid[0])} valid / "
         f"{len(test[0]) if test else 0} test pairs; "
         f"{level} level, vocab {len(src_vocab)} -> {len(tgt_vocab)}"
     )
-    print(
+    say(
         f"model  {cfg.cell.upper()} {cfg.num_layers}x{cfg.hidden_size}, attention {cfg.attention}, "
         f"{model.num_parameters():,} parameters; run {run_dir}"
     )
@@ -219,6 +220,8 @@ def run_translate(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
         resume=resume,
         engine=o.get("engine", "auto"),
     )
+    if not fitted.is_main:  # under torchrun rank 0 alone scores and writes the figures
+        return {}
     result: dict[str, Any] = {
         "task": "translate",
         "run_dir": str(run_dir),
