@@ -244,8 +244,8 @@ def start_run(
     (built before the Trainer starts) are the same in every run with the same seed. Under
     ``torchrun`` rank 0 names a new run folder and every rank gets it.
     """
-    engines.check(options.get("engine", "auto"), resolve_device(options.get("device", "auto")))
     if not options.get("resume"):
+        engines.check(options.get("engine", "auto"), resolve_device(options.get("device", "auto")))
         seed_everything(options.get("seed", 0))
         return options, on_main(lambda: new_run_dir(options.get("out"), task)), False
     if options.get("out") is None:
