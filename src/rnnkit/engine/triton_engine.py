@@ -409,10 +409,11 @@ def _hidden_side(dg: Tensor, w_hh: Tensor, mode: str) -> list[tuple[Tensor, Tens
 
 
 def _column_sums(a: Tensor) -> Tensor:
-    """Column sums of ``a`` ``(N, C)`` (a view, rows possibly strided) in its dtype, accumulated
-    in fp32, as a matrix-vector product. ``torch.sum`` over the tall dimension took a staging
-    buffer of up to about 130 MiB on an H100 (the largest block live at the backward's peak,
-    benchmarks/gpu_memory.py, run 5); the product needs none."""
+    """Column sums ``(C,)`` of ``a`` ``(N, C)`` (a view, rows possibly strided) in its dtype, as
+    a matrix-vector product: cuBLAS accumulates in fp32 (split-K partial sums may be combined in
+    fp16/bf16 where torch allows reduced-precision reductions, its default). ``torch.sum`` over
+    the tall dimension took a staging buffer of up to about 130 MiB on an H100, the largest block
+    live at the backward's peak (benchmarks/gpu_memory.py, run 5); the product needs none."""
     return a.t().mv(torch.ones(a.shape[0], dtype=a.dtype, device=a.device))
 
 
