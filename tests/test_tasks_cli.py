@@ -40,6 +40,12 @@ def fails(argv, capsys, *needles):
     return lines[0]
 
 
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def digest(folder):
     return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -605,10 +611,141 @@ def test_task_commands_refuse_an_engine_or_device_that_cannot_run_before_writing
     assert not any((tmp_path / name).exists() for name in "abcde")
 
 
-def test_evaluate_says_task_runs_are_scored_on_the_cpu(classify_run, texts, capsys):
-    fails(
-        ["evaluate", classify_run, "--data", texts / "train.txt", "--device", "cuda"],
-        capsys,
-        "classify runs are scored on the CPU",
-        "--device cuda",
-    )
+def _task_runs(texts, pairs, folder, capsys, device="cpu"):
+    """A tiny run of each task, trained on ``device``; returns ``{task: (run folder, follow-up argv)}``."""
+    rows = ["month,sales"] + [f"m{i},{100 + i + 10 * math.sin(i * math.pi / 6):.2f}" for i in range(48)]
+    (folder / "s.csv").write_text("\n".join(rows) + "\n")
+    (folder / "lines.txt").write_text("eins zwei\ndrei\n")
+    quick = ["--max-steps", "3", "--device", device, "--json", *TINY]
+    train = {
+        "classify": ["--data", texts / "train.txt", "--epochs", "1", "--bidirectional"],
+        "translate": ["--pairs", pairs / "pairs.tsv", "--level", "word", "--min-freq", "1"],
+        "generate-from": ["--data", texts / "train.txt", "--level", "char"],
+        "forecast": ["--data", folder / "s.csv", "--target-col", "sales", "--horizon", "4"],
+    }
+    runs = {}
+    for task, argv in train.items():
+        out = folder / task
+        if task == "forecast":  # no embeddings
+            argv = [*argv, "--lookback", "12", "--max-steps", "3", "--device", device, "--json"]
+            argv += ["--hidden-size", "8"]
+        else:
+            argv = [*argv, *quick]
+        code, _, err = run(["train", task, *argv, "--out", out], capsys)
+        assert code == 0, err
+        runs[task] = out
+    data = {
+        "classify": texts / "train.txt",
+        "translate": pairs / "pairs.tsv",
+        "generate-from": texts / "train.txt",
+        "forecast": folder / "s.csv",
+    }
+    uses = {
+        "classify": [["predict", runs["classify"], "--input", texts / "new.txt", "--json"]],
+        "translate": [
+            ["translate", runs["translate"], "--input", folder / "lines.txt", "--heatmap", folder / "h.png"],
+            ["translate", runs["translate"], "--input", folder / "lines.txt", "--beam-size", "3"],
+        ],
+        "generate-from": [["sample", runs["generate-from"], "--condition", "pos", "--seed", "3"]],
+        "forecast": [],
+    }
+    for task in runs:
+        uses[task].append(["evaluate", runs[task], "--data", data[task], "--json"])
+    return runs, uses
+
+
+#: The models' inference and training entry points, checked for tensors made without naming a
+#: device: on the CPU this finds what would break on a GPU (see :func:`_strays_are_errors`).
+_GUARDED = {
+    "rnnkit.models.classifier.SequenceClassifier": ("forward",),
+    "rnnkit.models.seq2seq.Seq2Seq": ("forward", "loss", "greedy", "sample", "beam_search"),
+    "rnnkit.models.conditional.ConditionalGenerator": ("forward", "loss", "generate"),
+    "rnnkit.models.forecaster.Forecaster": ("forward", "predict"),
+}
+
+
+def _strays_are_errors(monkeypatch):
+    """Inside the guarded methods, a tensor made without a device lands on the meta device, and
+    any operation that mixes it with a real tensor (more than a 0-dim scalar, which CUDA would
+    accept from the CPU) fails the test. The recurrent layers run unguarded: their CPU engines
+    rightly make CPU tensors, and the layers' own GPU tests cover their devices."""
+    import importlib
+
+    import torch
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._device import _device_constructors
+    from torch.utils._pytree import tree_leaves
+
+    class Strays(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in _device_constructors() and kwargs.get("device") is None:
+                kwargs["device"] = "meta"
+            leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.dim()]
+            kinds = {t.device.type for t in leaves}
+            assert not ("meta" in kinds and len(kinds) > 1), f"{func}: a tensor made without a device"
+            return func(*args, **kwargs)
+
+    for path, names in _GUARDED.items():
+        module, name = path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        for method in names:
+            real = getattr(cls, method)
+
+            def guarded(self, *args, _real=real, **kwargs):
+                with Strays():
+                    return _real(self, *args, **kwargs)
+
+            monkeypatch.setattr(cls, method, guarded)
+    from rnnkit.layers import RNNBase
+
+    layer_forward = RNNBase.forward
+
+    def unguarded(self, *args, **kwargs):
+        with torch._C.DisableTorchFunction():  # no mode inside the layer
+            return layer_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(RNNBase, "forward", unguarded)
+
+
+def test_task_models_make_every_tensor_on_their_own_device(texts, pairs, tmp_path, capsys, monkeypatch):
+    _strays_are_errors(monkeypatch)
+    runs, uses = _task_runs(texts, pairs, tmp_path, capsys)
+    for argv in [a for task in uses for a in uses[task]]:
+        code, _, err = run(argv, capsys)
+        assert code == 0, (argv, err)
+
+
+def test_task_follow_up_commands_take_a_device(texts, pairs, tmp_path, capsys):
+    import torch
+
+    runs, uses = _task_runs(texts, pairs, tmp_path, capsys)
+    for argv in [a for task in uses for a in uses[task]]:
+        code, default, err = run(argv, capsys)
+        assert code == 0, (argv, err)
+        code, on_cpu, err = run([*argv, "--device", "cpu"], capsys)
+        assert code == 0 and on_cpu == default, (argv, err)
+        if not torch.cuda.is_available():
+            fails([*argv, "--device", "cuda"], capsys, "--device cuda", "CUDA is not available")
+            code, auto, err = run([*argv, "--device", "auto"], capsys)
+            assert code == 0 and auto == default, (argv, err)
+    fails(["predict", runs["classify"], "--device", "tpu"], capsys, "--device")
+
+
+@pytest.mark.skipif(not torch_cuda(), reason="needs CUDA")
+def test_task_runs_trained_on_cuda_score_alike_on_cuda_and_cpu(texts, pairs, tmp_path, capsys):
+    runs, uses = _task_runs(texts, pairs, tmp_path, capsys, device="cuda")
+    for task, out in runs.items():
+        trained = json.loads((out / "metrics.json").read_text())
+        assert trained["steps"] == 3, task
+    for argv in [a for task in uses for a in uses[task]]:
+        code, on_gpu, err = run([*argv, "--device", "cuda"], capsys)
+        assert code == 0, (argv, err)
+        code, on_cpu, err = run([*argv, "--device", "cpu"], capsys)
+        assert code == 0, (argv, err)
+        if argv[-1] == "--json":  # figures: equal up to TF32 / reduction-order rounding
+            gpu, cpu = (json.loads(o.strip().splitlines()[-1]) for o in (on_gpu, on_cpu))
+            for key, value in cpu.items():
+                assert gpu[key] == pytest.approx(value, rel=2e-2, abs=1e-3), (argv, key)
+        else:
+            assert on_gpu.count("\n") == on_cpu.count("\n"), argv

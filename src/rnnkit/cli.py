@@ -23,7 +23,7 @@ from .commands import TASKS as TASK_COMMANDS
 from .commands import evaluate_run as evaluate_task_run
 from .commands import format_figures as format_task_figures
 from .commands import register as register_task_commands
-from .commands._common import explicit_flags
+from .commands._common import InferenceDeviceOption, explicit_flags
 from .data import LMDataConfig
 from .errors import RnnkitError
 from .experiments.cli import experiment_app
@@ -217,7 +217,7 @@ def generate_command(
     top_k: Annotated[int, typer.Option(help="sample among the k most likely tokens (0: off)")] = 0,
     top_p: Annotated[float, typer.Option(help="nucleus sampling mass (1: off)")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="seed for reproducible samples")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",
+    device: InferenceDeviceOption = "cpu",
 ) -> None:
     """Sample text from a trained language model, printing each token as it comes."""
     from .generate import SamplingConfig, generate
@@ -238,7 +238,7 @@ def evaluate_command(
     run_dir: Annotated[Path, typer.Argument(help="run folder written by 'rnnkit train'")],
     text: Annotated[Path | None, typer.Option(help="text to score (language models)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto (language models)")] = "cpu",
+    device: InferenceDeviceOption = "cpu",
     data: Annotated[Path | None, typer.Option(help="labelled data to score (other tasks)")] = None,
 ) -> None:
     """Score a trained model on new data; the figures are the last line printed."""
@@ -246,9 +246,7 @@ def evaluate_command(
 
     task = load_json(Path(run_dir) / CONFIG_FILE).get("task")
     if task in TASK_COMMANDS:
-        if device != "cpu":
-            raise RnnkitError(f"evaluate: {task} runs are scored on the CPU; drop --device {device}")
-        figures = evaluate_task_run(task, run_dir, data)
+        figures = evaluate_task_run(task, run_dir, data, device)
         print(json.dumps(figures) if as_json else format_task_figures(figures))
         return
     if task != "lm":

@@ -36,26 +36,29 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     app.command("sample")(sample)
 
 
-def evaluate_run(task: str, run_dir: Path, data: Path | None, **options: Any) -> dict[str, Any]:
-    """The figures of a ``task`` run on labelled ``data`` (``rnnkit evaluate RUN_DIR --data FILE``)."""
+def evaluate_run(
+    task: str, run_dir: Path, data: Path | None, device: str = "cpu", **options: Any
+) -> dict[str, Any]:
+    """The figures of a ``task`` run on labelled ``data``, scored on ``device``
+    (``rnnkit evaluate RUN_DIR --data FILE``)."""
     if data is None:
         raise RnnkitError(f"evaluate: a {task} run needs --data FILE, the labelled data to score")
     if task == "classify":
         from ..training.classify import evaluate_classifier
 
-        return evaluate_classifier(run_dir, data, options.get("text_col"), options.get("label_col"))
+        return evaluate_classifier(run_dir, data, options.get("text_col"), options.get("label_col"), device)
     if task == "translate":
         from ..training.translate import evaluate_translation
 
-        return evaluate_translation(run_dir, data, options.get("target"), options.get("beam_size"))
+        return evaluate_translation(run_dir, data, options.get("target"), options.get("beam_size"), device)
     if task == "generate-from":
         from ..training.generate_from import evaluate_generator
 
-        return evaluate_generator(run_dir, data, options.get("text_col"), options.get("label_col"))
+        return evaluate_generator(run_dir, data, options.get("text_col"), options.get("label_col"), device)
     if task == "forecast":
         from ..training.forecast import evaluate_forecaster
 
-        return evaluate_forecaster(run_dir, data)
+        return evaluate_forecaster(run_dir, data, device)
     raise RnnkitError(f"{run_dir}: 'evaluate' does not know task {task!r}")
 
 

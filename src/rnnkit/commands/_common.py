@@ -28,6 +28,7 @@ __all__ = [
     "ResumeOption",
     "EngineOption",
     "DeviceOption",
+    "InferenceDeviceOption",
     "PrecisionOption",
     "TuneOption",
     "ConfigOption",
@@ -53,6 +54,9 @@ EngineOption = Annotated[
     typer.Option(help="recurrent layers' engine: auto, fused, reference, triton (CUDA) or native (cuDNN)"),
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda")]
+#: ``--device`` of the commands that use a trained run (predict, translate, sample, generate,
+#: evaluate): the CPU unless asked, as in PyTorch, since one-at-a-time decoding gains little there.
+InferenceDeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA if present)")]
 PrecisionOption = Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), fp32 or bf16")]
 TuneOption = Annotated[
     bool,

@@ -16,6 +16,7 @@ from ._common import (
     DeviceOption,
     EarlyStoppingOption,
     EngineOption,
+    InferenceDeviceOption,
     JsonOption,
     LrOption,
     MaxStepsOption,
@@ -108,11 +109,12 @@ def predict(
     text_col: Annotated[str | None, typer.Option(help="CSV/TSV text column")] = None,
     label_col: Annotated[str | None, typer.Option(help="CSV/TSV label column")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    device: InferenceDeviceOption = "cpu",
 ) -> None:
     """Classify new inputs: prints 'label<TAB>probability' per input, in order."""
     import sys
 
-    model, encoder = load_classifier(run_dir)
+    model, encoder = load_classifier(run_dir, device)
     if data is not None:
         d = read_labelled(data, text_col, label_col)
         inputs = encoder.inputs(d, str(data))

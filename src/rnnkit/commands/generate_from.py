@@ -13,12 +13,14 @@ import typer
 
 from ..errors import RnnkitError
 from ..training.generate_from import load_generator, run_generate_from
+from ..training.runs import to_model
 from ._common import (
     ClipOption,
     ConfigOption,
     DeviceOption,
     EarlyStoppingOption,
     EngineOption,
+    InferenceDeviceOption,
     JsonOption,
     LrOption,
     MaxStepsOption,
@@ -95,19 +97,20 @@ def sample(
     temperature: Annotated[float, typer.Option(help="sampling temperature (0: greedy)")] = 0.8,
     top_k: Annotated[int, typer.Option(help="sample among the k most likely tokens (0: off)")] = 0,
     seed: Annotated[int | None, typer.Option(help="seed for reproducible samples")] = None,
+    device: InferenceDeviceOption = "cpu",
 ) -> None:
     """Generate sequences for one condition, one per line."""
     if count < 1 or max_len < 1:
         raise RnnkitError("--count and --max-len must be positive integers")
     if temperature < 0:
         raise RnnkitError(f"--temperature must be >= 0, got {temperature}")
-    model, vocab, conditions = load_generator(run_dir)
+    model, vocab, conditions = load_generator(run_dir, device)
     if condition not in conditions:
         raise RnnkitError(
             f"--condition {condition!r} was never seen in training; known: {', '.join(conditions)}"
         )
     g = torch.Generator().manual_seed(seed) if seed is not None else None
-    cond = torch.full((count,), conditions.index(condition))
+    cond = to_model(torch.full((count,), conditions.index(condition)), model)
     ids = model.generate(
         cond, max_len, temperature=temperature or 1.0, top_k=top_k, greedy=temperature == 0, generator=g
     )

@@ -17,6 +17,7 @@ from ._common import (
     DeviceOption,
     EarlyStoppingOption,
     EngineOption,
+    InferenceDeviceOption,
     JsonOption,
     LrOption,
     MaxStepsOption,
@@ -117,13 +118,14 @@ def translate(
     heatmap: Annotated[
         Path | None, typer.Option(help="write the first line's attention heat map PNG here")
     ] = None,
+    device: InferenceDeviceOption = "cpu",
 ) -> None:
     """Translate lines from a file or stdin, one output line per input line."""
     if beam_size < 1:
         raise RnnkitError(f"--beam-size must be a positive integer, got {beam_size}")
     if max_len < 1:
         raise RnnkitError(f"--max-len must be a positive integer, got {max_len}")
-    model, sv, tv, _ = load_translator(run_dir)
+    model, sv, tv, _ = load_translator(run_dir, device)
     text = input.read_text(encoding="utf-8") if input else sys.stdin.read()
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     if not lines:

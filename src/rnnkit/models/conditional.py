@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .classifier import CELLS, make_recurrent
+from .sampling import draw_tokens
 
 __all__ = ["ConditionalConfig", "ConditionalGenerator"]
 
@@ -172,11 +173,7 @@ class ConditionalGenerator(nn.Module):
             if greedy:
                 tokens = logits.argmax(1)
             else:
-                logits = logits / temperature
-                if top_k > 0:
-                    kth = logits.topk(min(top_k, logits.shape[1]), dim=1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                tokens = torch.multinomial(torch.softmax(logits, 1), 1, generator=generator).squeeze(1)
+                tokens = draw_tokens(logits, temperature, top_k, generator)
             outputs.append(tokens)
             done |= tokens == c.eos_id
             if bool(done.all()):

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .attention import Attention, lengths_to_mask
 from .classifier import CELLS, make_recurrent
+from .sampling import draw_tokens
 
 __all__ = ["ATTENTIONS", "Seq2SeqConfig", "Seq2Seq", "Memory", "DecoderState"]
 
@@ -259,11 +260,7 @@ class Seq2Seq(nn.Module):
             raise ValueError(f"sample: temperature must be > 0, got {temperature}")
 
         def pick(logits: Tensor) -> Tensor:
-            logits = logits / temperature
-            if top_k > 0:
-                kth = logits.topk(min(top_k, logits.shape[1]), dim=1).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            return torch.multinomial(torch.softmax(logits, 1), 1, generator=generator).squeeze(1)
+            return draw_tokens(logits, temperature, top_k, generator)
 
         return self._decode(src, src_lengths, max_len, pick)
 

@@ -29,6 +29,7 @@ from .runs import (
     say,
     split_indices,
     start_run,
+    to_model,
     train_config,
     write_run_config,
 )
@@ -128,8 +129,8 @@ def predict_proba(
     model.eval()
     out = []
     for batch in Batches(inputs, batch_size, encoder.collate, shuffle=False):
-        x, lengths, _ = batch
-        out.append(torch.softmax(model(x, lengths), 1))
+        x, lengths, _ = to_model(batch, model)
+        out.append(torch.softmax(model(x, lengths).float(), 1).cpu())
     return torch.cat(out).numpy()
 
 
@@ -244,21 +245,26 @@ def _subset(data: LabelledTexts | LabelledSeries, idx: list[int]):
     return LabelledSeries([data.series[i] for i in idx], [data.labels[i] for i in idx])
 
 
-def load_classifier(run_dir: Path) -> tuple[SequenceClassifier, Encoder]:
+def load_classifier(run_dir: Path, device: str = "cpu") -> tuple[SequenceClassifier, Encoder]:
+    """The classifier of ``run_dir`` (best weights) on ``device``, and its input encoder."""
     saved = read_run(run_dir, "classify")
     try:
         model = SequenceClassifier(ClassifierConfig(**saved["model"]))
         encoder = Encoder.from_dict(saved["encoder"])
     except (KeyError, TypeError, ValueError) as err:
         raise RnnkitError(f"{run_dir}/config.json: corrupt classifier config ({err})") from None
-    return load_best(run_dir, model), encoder
+    return load_best(run_dir, model, device), encoder
 
 
 def evaluate_classifier(
-    run_dir: Path, data: Path, text_col: str | None = None, label_col: str | None = None
+    run_dir: Path,
+    data: Path,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Accuracy and macro-F1 of ``run_dir``'s classifier on labelled ``data``."""
-    model, encoder = load_classifier(run_dir)
+    """Accuracy and macro-F1 of ``run_dir``'s classifier on labelled ``data``, run on ``device``."""
+    model, encoder = load_classifier(run_dir, device)
     d = read_labelled(data, text_col, label_col)
     return _scores(
         model, encoder, encoder.inputs(d, str(data)), encoder.targets(d.labels, str(data)), None, "data"

@@ -27,6 +27,7 @@ from .runs import (
     read_run,
     say,
     start_run,
+    to_model,
     train_config,
     write_run_config,
 )
@@ -90,7 +91,8 @@ def _loss(model, batch, skip: int = 0):
 @torch.no_grad()
 def _forecast(model: Forecaster, scaler: Scaler, history: np.ndarray, lookback: int) -> np.ndarray:
     x = torch.from_numpy(scaler.transform(history[-lookback:]).astype(np.float32)).unsqueeze(0)  # (1, T, F)
-    return scaler.inverse_target(model.eval().predict(x)[0].numpy().astype(np.float64))
+    y = model.eval().predict(to_model(x, model))[0]
+    return scaler.inverse_target(y.float().cpu().numpy().astype(np.float64))
 
 
 def _plot(path: Path, stamps, history, actual, forecast, naive) -> None:
@@ -197,8 +199,9 @@ def run_forecast(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
     return result
 
 
-def evaluate_forecaster(run_dir: Path, data: Path) -> dict[str, Any]:
-    """Forecast the last ``horizon`` points of ``data`` from the ones before; MAPE/MAE and the baseline."""
+def evaluate_forecaster(run_dir: Path, data: Path, device: str = "cpu") -> dict[str, Any]:
+    """Forecast the last ``horizon`` points of ``data`` from the ones before, on ``device``;
+    MAPE/MAE and the seasonal-naive baseline's."""
     saved = read_run(run_dir, "forecast")
     try:
         cfg = ForecasterConfig(**saved["model"])
@@ -207,7 +210,7 @@ def evaluate_forecaster(run_dir: Path, data: Path) -> dict[str, Any]:
         lookback, season = int(saved["lookback"]), int(saved["season"])
     except (KeyError, TypeError, ValueError) as err:
         raise RnnkitError(f"{run_dir}/config.json: corrupt forecast config ({err})") from None
-    model = load_best(run_dir, Forecaster(cfg))
+    model = load_best(run_dir, Forecaster(cfg), device)
     series = read_series(data, saved["target"], saved["covariates"])
     values = np.concatenate([series.target[:, None], series.covariates], axis=1)
     h = cfg.horizon

@@ -25,6 +25,7 @@ from .runs import (
     say,
     split_indices,
     start_run,
+    to_model,
     train_config,
     write_run_config,
 )
@@ -56,7 +57,8 @@ def _loss_on(model: ConditionalGenerator, items: list) -> dict[str, float]:
 
     model.eval()
     total = n = 0.0
-    for cond, tokens in Batches(items, 256, _collate, shuffle=False):
+    for batch in Batches(items, 256, _collate, shuffle=False):
+        cond, tokens = to_model(batch, model)
         count = int((tokens[:, 1:] != 0).sum())
         total += float(model.loss(cond, tokens)) * count
         n += count
@@ -133,7 +135,9 @@ def run_generate_from(given: set[str] | None = None, **o: Any) -> dict[str, Any]
     seen = set(train.texts)
     novel = total = 0
     for c in conditions:
-        ids = fitted.model.generate(torch.full((5,), index[c]), 30, temperature=0.8, generator=g)
+        ids = fitted.model.generate(
+            to_model(torch.full((5,), index[c]), fitted.model), 30, temperature=0.8, generator=g
+        )
         texts = [vocab.decode(x) for x in ids]
         novel += sum(t not in seen for t in texts)
         total += len(texts)
@@ -143,21 +147,26 @@ def run_generate_from(given: set[str] | None = None, **o: Any) -> dict[str, Any]
     return result
 
 
-def load_generator(run_dir: Path) -> tuple[ConditionalGenerator, Vocabulary, list[str]]:
+def load_generator(run_dir: Path, device: str = "cpu") -> tuple[ConditionalGenerator, Vocabulary, list[str]]:
+    """The generator of ``run_dir`` (best weights) on ``device``, its vocabulary and conditions."""
     saved = read_run(run_dir, "generate-from")
     try:
         model = ConditionalGenerator(ConditionalConfig(**saved["model"]))
         vocab, conditions = Vocabulary.from_dict(saved["vocab"]), list(saved["conditions"])
     except (KeyError, TypeError, ValueError) as err:
         raise RnnkitError(f"{run_dir}/config.json: corrupt generate-from config ({err})") from None
-    return load_best(run_dir, model), vocab, conditions
+    return load_best(run_dir, model, device), vocab, conditions
 
 
 def evaluate_generator(
-    run_dir: Path, data: Path, text_col: str | None = None, label_col: str | None = None
+    run_dir: Path,
+    data: Path,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Per-token loss and perplexity of ``run_dir``'s generator on labelled ``data``."""
-    model, vocab, conditions = load_generator(run_dir)
+    """Per-token loss and perplexity of ``run_dir``'s generator on labelled ``data``, run on ``device``."""
+    model, vocab, conditions = load_generator(run_dir, device)
     d = read_classification(data, text_col=text_col, label_col=label_col)
     if d.kind != "text":
         raise RnnkitError(f"{data}: expected text examples")

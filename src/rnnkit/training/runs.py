@@ -34,6 +34,7 @@ from .checkpoint import (
     save_json,
 )
 from .distributed import barrier, broadcast_object, init_distributed
+from .trainer import tree_map
 
 __all__ = [
     "say",
@@ -51,6 +52,7 @@ __all__ = [
     "write_run_config",
     "read_run",
     "load_best",
+    "to_model",
     "Fitted",
     "fit",
 ]
@@ -324,11 +326,24 @@ def read_run(run_dir: Path, task: str | tuple[str, ...]) -> dict[str, Any]:
     return saved
 
 
-def load_best(run_dir: Path, model: nn.Module) -> nn.Module:
-    """Load the best validation weights (else the latest) into ``model``; eval mode."""
+def load_best(run_dir: Path, model: nn.Module, device: str = "cpu") -> nn.Module:
+    """Load the best validation weights (else the latest) into ``model``, on ``device`` (``cpu``,
+    ``cuda``, ``cuda:N`` or ``auto``: CUDA when present); eval mode, engine ``auto``."""
+    where = resolve_device(device)
+    load_weights(_best_weights(run_dir), model)
+    set_engine(model, "auto")
+    return model.to(where).eval()
+
+
+def _best_weights(run_dir: Path) -> Path:
     best = Path(run_dir) / BEST_FILE
-    load_weights(best if best.is_file() else Path(run_dir) / WEIGHTS_FILE, model)
-    return model.eval()
+    return best if best.is_file() else Path(run_dir) / WEIGHTS_FILE
+
+
+def to_model(batch: Any, model: nn.Module) -> Any:
+    """``batch`` (tensors in nested tuples, lists, dicts) moved to ``model``'s device."""
+    device = next(model.parameters()).device
+    return tree_map(lambda t: t.to(device), batch)
 
 
 @dataclass
@@ -364,6 +379,7 @@ def fit(
     trainer = Trainer(model, task, train, valid, config, run_dir=run_dir, dist=info, echo=echo)
     result = trainer.fit(resume=resume)
     barrier(info)  # rank 0's last files are written
-    model = load_best(run_dir, trainer.module.cpu())
-    set_engine(model, "auto")  # the scoring that follows runs on the CPU
+    model = trainer.module
+    load_weights(_best_weights(run_dir), model)
+    model.eval()  # the scoring that follows runs where it trained, on the same engine
     return Fitted(model, trainer, result.seconds, result.steps, result.stopped, info.is_main)

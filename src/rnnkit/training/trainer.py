@@ -124,6 +124,9 @@ def seed_everything(seed: int) -> None:
 def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
     """``auto`` -> CUDA when present (this rank's GPU under DDP), else the CPU."""
     info = info or DistInfo()
+    index = name[5:] if isinstance(name, str) and name.startswith("cuda:") else None
+    if name not in ("auto", "cpu", "cuda") and not (index and index.isdigit()):
+        raise RnnkitError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -131,6 +134,8 @@ def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
             raise RnnkitError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
         if name == "cuda":
             return torch.device("cuda", info.local_rank)
+        if int(index) >= torch.cuda.device_count():
+            raise RnnkitError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
 
 

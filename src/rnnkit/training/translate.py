@@ -31,6 +31,7 @@ from .runs import (
     say,
     split_indices,
     start_run,
+    to_model,
     train_config,
     write_run_config,
 )
@@ -81,12 +82,13 @@ def translate_lines(
     length_penalty: float = 0.0,
     batch_size: int = 64,
 ) -> list[str]:
-    """Translate ``lines`` (greedy when ``beam_size`` is 1)."""
+    """Translate ``lines`` (greedy when ``beam_size`` is 1) on the model's device."""
     if not isinstance(beam_size, int) or beam_size < 1:
         raise RnnkitError(f"--beam-size must be a positive integer, got {beam_size!r}")
     out = []
     for i in range(0, len(lines), batch_size):
-        src, src_len = pad([src_vocab.encode(s, eos=True) for s in lines[i : i + batch_size]])
+        batch = pad([src_vocab.encode(s, eos=True) for s in lines[i : i + batch_size]])
+        src, src_len = to_model(batch, model)
         if beam_size == 1:
             ids, _ = model.greedy(src, src_len, max_len)
         else:
@@ -102,16 +104,17 @@ def _scores(model, src_vocab, tgt_vocab, src, tgt, beam_size, max_len, length_pe
     nll = n = correct = 0.0
     free_nll = 0.0
     for batch in Batches(items, 128, _collate, shuffle=False):
-        s, s_len, t = batch
+        s, s_len, t = to_model(batch, model)
         logits, _ = model(s, s_len, t[:, :-1])
         gold = t[:, 1:]
         nll += float(
             torch.nn.functional.cross_entropy(logits.transpose(1, 2), gold, ignore_index=0, reduction="sum")
         )
         free = model.loss(s, s_len, t, feed="greedy")
-        free_nll += float(free) * int((gold != 0).sum())
-        correct += token_accuracy(logits.argmax(-1).numpy(), gold.numpy(), 0) * int((gold != 0).sum())
-        n += int((gold != 0).sum())
+        tokens = int((gold != 0).sum())
+        free_nll += float(free) * tokens
+        correct += token_accuracy(logits.argmax(-1).cpu().numpy(), gold.cpu().numpy(), 0) * tokens
+        n += tokens
     hyps = translate_lines(model, src_vocab, tgt_vocab, src, beam_size, max_len, length_penalty)
     refs = [
         tgt_vocab.decode(tgt_vocab.encode(t)) for t in tgt
@@ -134,9 +137,9 @@ def attention_heatmap(
         return False
     from ..diagnostics.plots import plot_attention
 
-    src, src_len = pad([src_vocab.encode(line, eos=True)])
+    src, src_len = to_model(pad([src_vocab.encode(line, eos=True)]), model)
     ids, maps = model.greedy(src, src_len, 60)
-    weights = maps[0]
+    weights = maps[0].cpu()
     src_tokens = [src_vocab.itos[i] for i in src[0].tolist()]
     tgt_tokens = [tgt_vocab.itos[i] for i in ids[0]] + ["<eos>"]
     plot_attention(weights, src_tokens, tgt_tokens[: weights.shape[0]], path, title=f"attention: {line[:40]}")
@@ -247,7 +250,8 @@ def run_translate(given: set[str] | None = None, **o: Any) -> dict[str, Any]:
     return result
 
 
-def load_translator(run_dir: Path) -> tuple[Seq2Seq, Vocabulary, Vocabulary, dict]:
+def load_translator(run_dir: Path, device: str = "cpu") -> tuple[Seq2Seq, Vocabulary, Vocabulary, dict]:
+    """The translator of ``run_dir`` (best weights) on ``device``, its vocabularies and saved config."""
     saved = read_run(run_dir, "translate")
     try:
         model = Seq2Seq(Seq2SeqConfig(**saved["model"]))
@@ -257,14 +261,18 @@ def load_translator(run_dir: Path) -> tuple[Seq2Seq, Vocabulary, Vocabulary, dic
         )
     except (KeyError, TypeError, ValueError) as err:
         raise RnnkitError(f"{run_dir}/config.json: corrupt translation config ({err})") from None
-    return load_best(run_dir, model), src_vocab, tgt_vocab, saved
+    return load_best(run_dir, model, device), src_vocab, tgt_vocab, saved
 
 
 def evaluate_translation(
-    run_dir: Path, data: Path, target: Path | None = None, beam_size: int | None = None
+    run_dir: Path,
+    data: Path,
+    target: Path | None = None,
+    beam_size: int | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Scores on ``data`` (source<TAB>target lines, or a source file with ``target``)."""
-    model, sv, tv, saved = load_translator(run_dir)
+    """Scores on ``data`` (source<TAB>target lines, or a source file with ``target``), run on ``device``."""
+    model, sv, tv, saved = load_translator(run_dir, device)
     src, tgt = read_parallel(data, target) if target is not None else read_pairs(data)
     dec = saved.get("decode", {})
     return _scores(
