@@ -200,7 +200,7 @@ def test_incompatible_resume_and_overwrite_leave_the_checkpoint_alone(run, text,
     code, _, err = run_cli(["train", "lm", "--out", run, "--resume", "--hidden-size", "32"], capsys)
     assert_one_line_error(code, err, "--hidden-size 32 differs from the run's 16")
     code, _, err = run_cli(["train", "lm", "--text", text, "--out", run, *TINY], capsys)
-    assert_one_line_error(code, err, "already holds a checkpoint")
+    assert_one_line_error(code, err, "already holds a run", "--resume")
     assert digest(run) == before
 
 

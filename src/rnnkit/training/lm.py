@@ -25,7 +25,8 @@ from ..generate import SamplingConfig, generate
 from ..models import LanguageModel, LanguageModelConfig
 from .checkpoint import BEST_FILE, CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, load_json, load_weights, save_json
 from .config import TrainConfig
-from .distributed import barrier, broadcast_object, init_distributed
+from .distributed import barrier, init_distributed
+from .runs import new_run_dir, on_main
 from .trainer import FitResult, StepOutput, TaskAdapter, Trainer, resolve_device, seed_everything
 
 __all__ = [
@@ -196,21 +197,13 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> LMRunConfig
     return LMRunConfig.from_flat(options)
 
 
-def _new_run_dir(out: str | None, resume: bool) -> Path:
-    if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"lm-{stamp}"
-        n = 1
-        while path.exists():
-            n += 1
-            path = Path("runs") / f"lm-{stamp}-{n}"
-        return path
-    path = Path(out)
-    if not resume and (path / STATE_FILE).exists():
-        raise RnnkitError(
-            f"{path} already holds a checkpoint; pass --resume to continue it or choose another --out"
-        )
-    return path
+def _run_dir(out: str | None, resume: bool) -> Path:
+    """``out`` when resuming, else a new run folder (:func:`new_run_dir`); named on rank 0 only."""
+    if resume:
+        if out is None:
+            raise RnnkitError("--resume needs --out RUN_DIR, the run folder to continue")
+        return Path(out)  # the Trainer checks that it holds a checkpoint
+    return on_main(lambda: new_run_dir(out, "lm"))
 
 
 def _pick_weights(run_dir: Path) -> Path:
@@ -229,7 +222,7 @@ def train_lm(config: LMRunConfig, echo: Callable[[str], None] | None = None) -> 
     info = init_distributed()
     echo = echo or print
     say = echo if info.is_main else (lambda line: None)
-    run_dir = Path(broadcast_object(str(_new_run_dir(config.out, config.resume)), info))
+    run_dir = _run_dir(config.out, config.resume)
 
     vocab = None
     if config.resume:

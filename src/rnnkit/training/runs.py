@@ -228,7 +228,10 @@ def new_run_dir(out: Path | None, task: str) -> Path:
         return path
     path = Path(out)
     if (path / STATE_FILE).exists() or (path / CONFIG_FILE).exists():
-        raise RnnkitError(f"{path} already holds a run; choose another --out (nothing was changed)")
+        raise RnnkitError(
+            f"{path} already holds a run; pass --resume to continue it or choose another --out "
+            "(nothing was changed)"
+        )
     return path
 
 
