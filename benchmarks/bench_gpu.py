@@ -187,7 +187,8 @@ def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
 #: path's reduction loop not software-pipelined; ``resident2``: the resident path on 2 warps,
 #: fewer threads to synchronise per step where H <= 64; ``*_packed``: LSTM/GRU gate slots loaded and
 #: stored as one tile, ``Plan.packed_io``; ``persistent64``/``split64``: 64-row batch tiles where
-#: B >= 64, whose products compile to Hopper's wgmma instead of mma.sync, benchmarks/results/gpu_notes.md).
+#: B >= 64, whose products compile to Hopper's wgmma instead of mma.sync, benchmarks/results/gpu_notes.md;
+#: ``w16``: float32 only, the forward reads W_hh and h in float16, ``Plan.half_w``, sized by ``w16_plan``).
 ALL_EXTRA_PATHS = (
     "resident",
     "resident2",
@@ -201,12 +202,15 @@ ALL_EXTRA_PATHS = (
     "persistent1",
     "persistent64",
     "stepwise",
+    "w16",
 )
 
 
 def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
     from rnnkit.engine import triton_engine as te
 
+    if name == "w16":
+        return te.w16_plan(mode, B, H) if dtype == torch.float32 else None
     if name == "split16":
         return te.split_plan(mode, B, H, dtype, block_h=16)
     if name == "persistent1":

@@ -38,6 +38,11 @@ TL_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def signature(fn, dtype: str, constexprs: dict) -> dict:
+    """Triton's argument types; ``dtype`` "fp32+w16": a float32 layer whose forward reads
+    ``W_hh`` and the exchanged ``h`` in float16 (``Plan.half_w``)."""
+    if dtype == "fp32+w16":
+        sig = signature(fn, "fp32", constexprs)
+        return sig | {k: "*fp16" for k in ("w_ptr", "hx_ptr") if k in sig}
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -105,16 +110,31 @@ def variants():
                                 (K.fwd_blocked_kernel, c),
                                 (K.bwd_blocked_kernel, c),
                             ]
+                        if path == default and dtype == torch.float32:
+                            kernels += _w16_kernels(mode, B, H)
                         for fn, cx in kernels:
-                            launch = (
-                                plan.num_warps,
-                                plan.num_stages,
-                            )  # the path itself is a runtime argument
-                            key = (fn.__name__, TL_NAME[dtype], tuple(sorted(cx.items())), launch)
+                            name = cx.pop("_dtype", TL_NAME[dtype])
+                            run_plan = cx.pop("_plan", plan)
+                            launch = (run_plan.num_warps, run_plan.num_stages)  # path: a runtime argument
+                            key = (fn.__name__, name, tuple(sorted(cx.items())), launch)
                             if key not in seen:
                                 seen.add(key)
-                                where = f"{mode} {TL_NAME[dtype]} B={B} H={H} {path}"
-                                yield fn, TL_NAME[dtype], cx, plan, where
+                                shown = "w16" if name == "fp32+w16" else path
+                                where = f"{mode} {TL_NAME[dtype]} B={B} H={H} {shown}"
+                                yield fn, name, cx, run_plan, where
+
+
+def _w16_kernels(mode: str, B: int, H: int) -> list:
+    """The forward kernel of ``w16_plan`` (its backward is the float32 default's), tagged with
+    its argument types and plan."""
+    plan = te.w16_plan(mode, B, H)
+    if plan is None:
+        return []
+    c = dict(te._flags(mode, "tanh", torch.float32), UPCAST=False, PACK=plan.packed_io)
+    c |= dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, _dtype="fp32+w16", _plan=plan)
+    if plan.path == "resident":
+        return [(K.fwd_resident_kernel, c)]
+    return [(K.fwd_split_kernel, dict(c, HP=te._hp(H)))]
 
 
 def main() -> int:

@@ -220,6 +220,83 @@ def test_float16_matches_reference():
     _check("gru", 3, 7, 5, 16, torch.float16, plan, lengths=LENGTHS)
 
 
+def _w16_emulation(mode, x, state, weights, lengths):
+    """What a ``half_w`` plan computes, in float64 autograd: the recurrent product's operands
+    ``h`` and ``W_hh`` rounded to float16 in the forward, exact in the backward (the kernels'
+    backward multiplies by the float32 ``W_hh`` and the saved float32 states)."""
+
+    def rounded_product(h, w):  # (B, H) @ (H, K)
+        exact = h @ w.t()
+        return exact + (h.half().double() @ w.half().double().t() - exact).detach()
+
+    x, w_ih, w_hh, b_ih, b_hh = (t.double() for t in (x, *weights))
+    h = state[0].double()
+    c = state[1].double() if mode == "lstm" else None
+    H = h.shape[1]
+    outs = []
+    for t in range(x.shape[0]):
+        xp = x[t] @ w_ih.t() + b_ih
+        if mode == "gru":
+            hp = rounded_product(h, w_hh) + b_hh
+            r = torch.sigmoid(xp[:, :H] + hp[:, :H])
+            z = torch.sigmoid(xp[:, H : 2 * H] + hp[:, H : 2 * H])
+            n = torch.tanh(xp[:, 2 * H :] + r * hp[:, 2 * H :])
+            h_new, c_new = (1 - z) * n + z * h, None
+        else:
+            g = xp + rounded_product(h, w_hh) + b_hh
+            if mode == "rnn":
+                h_new, c_new = torch.tanh(g), None
+            else:
+                i, f, gg, o = g.chunk(4, 1)
+                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+                h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        live = (t < lengths).unsqueeze(1)
+        h = torch.where(live, h_new, h)
+        c = torch.where(live, c_new, c) if mode == "lstm" else None
+        outs.append(torch.where(live, h_new, torch.zeros_like(h_new)))
+    return torch.stack(outs), ((h, c) if mode == "lstm" else (h,))
+
+
+@pytest.mark.parametrize("path", ["resident", "split"])
+@pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
+def test_half_w_forward_rounds_only_the_recurrent_operands(mode, path):
+    # Plan.half_w: float32 layers whose forward reads W_hh and h in float16. Equal to an exact
+    # emulation of that rounding (outputs, states and every gradient); a float32 plan is not.
+    B, T, I, H = 3, 7, 5, 24
+    x, state, weights = _problem(mode, B, T, I, H, torch.float32)
+    with torch.no_grad():
+        state[0].mul_(0.6)
+    lens = torch.tensor(LENGTHS)
+    plan = te.w16_plan(mode, B, H) if path == "resident" else te.Plan("split", 16, 16, 16, half_w=True)
+    assert plan.path == path and plan.half_w
+    ours = _run_and_grad(te.run, mode, x, state, weights, lens, "tanh", plan=plan)
+    wanted = _run_and_grad(lambda *a: _w16_emulation(*a[:5]), mode, *_as64(x, state, weights), lens, "tanh")
+    for name, a, b in zip(NAMES[mode], ours, wanted, strict=True):
+        assert a.dtype == torch.float32 and a.shape == b.shape, name
+        assert _rel_err(a, b) < 2e-5, f"{name}: {_rel_err(a, b):.2e}"
+    full = _run_and_grad(
+        te.run, mode, x, state, weights, lens, "tanh", plan=dataclasses.replace(plan, half_w=False)
+    )
+    assert _rel_err(full[0], wanted[0]) > 1e-5  # the rounding is visible: the test can tell
+
+
+def test_half_w_plans_refuse_what_they_cannot_run():
+    with pytest.raises(ValueError, match="half_w needs the resident or split path"):
+        te.Plan("persistent", half_w=True)
+    x, state, weights = _problem("rnn", 3, 4, 5, 16, torch.float32)
+    plan = te.w16_plan("rnn", 3, 16)
+    with pytest.raises(ValueError, match="float32 tanh cells"):
+        te.run("rnn", x, state, weights, nonlinearity="relu", plan=plan)
+    xb, state_b, weights_b = _problem("gru", 3, 4, 5, 16, torch.bfloat16)
+    with pytest.raises(ValueError, match="float32 tanh cells"):
+        te.run("gru", xb, state_b, weights_b, plan=te.w16_plan("gru", 3, 16))
+    # sized for float16 slices: resident past float32's bound, wider split slices at H = 512
+    assert te.w16_plan("lstm", 32, 128).path == "resident"
+    assert te.plan_for("lstm", 32, 128, torch.float32).path == "split"
+    assert te.w16_plan("gru", 64, 512).block_h > te.plan_for("gru", 64, 512, torch.float32).block_h
+    assert te.w16_plan("lstm", 256, 1024) is None
+
+
 # ---------------------------------------------------------------- plans and input checks
 
 
@@ -536,6 +613,24 @@ def test_gpu_benchmark_variants(mode, path, B, block_b, packed):
         te.plan_for(mode, B, H, torch.bfloat16, path), block_b=block_b, packed_io=packed
     )
     _check(mode, B, 29, 33, H, torch.bfloat16, plan, lengths=lengths)
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("H", [48, 208, 512])
+def test_gpu_half_w_plans(mode, H):
+    # what benchmarks/bench_gpu.py's w16 variant runs: resident at H = 48, split beyond (at
+    # H = 512 with the float16-sized slices, wider than float32's), against the exact emulation
+    B, T = 37, 29
+    lengths = torch.tensor([(7 * b) % T + 1 for b in range(B)])
+    x, state, weights = _problem(mode, B, T, 33, H, torch.float32)
+    plan = te.w16_plan(mode, B, H)
+    ours = _run_and_grad(te.run, mode, x, state, weights, lengths, "tanh", plan=plan)
+    wanted = _run_and_grad(
+        lambda *a: _w16_emulation(*a[:5]), mode, *_as64(x, state, weights), lengths.to(DEVICE), "tanh"
+    )
+    for name, a, b in zip(NAMES[mode], ours, wanted, strict=True):
+        assert _rel_err(a, b) < 5e-5, f"{name}: {_rel_err(a, b):.2e}"
 
 
 @needs_cuda

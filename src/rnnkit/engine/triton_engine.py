@@ -63,6 +63,7 @@ __all__ = [
     "Plan",
     "candidate_plans",
     "plan_for",
+    "w16_plan",
     "run",
     "supports",
     "tune",
@@ -111,8 +112,14 @@ class Plan:
     few registers); ``packed_io`` LSTM and GRU load and store the four gate slots of a step as
     one tile (compiled for sm_90 the stores then take one layout conversion through shared memory
     instead of four: 9 conversions and 24 barriers a step in the resident forward, against 12 and
-    28; not yet timed on a GPU, so off by default). Block sizes are powers of two >= 16
-    (``tl.dot``'s minimum).
+    28; not yet timed on a GPU, so off by default). ``half_w`` (float32 only, ``resident`` and
+    ``split``, not the ReLU RNN): the forward reads ``W_hh``, and ``h`` as the recurrent
+    product's operand, in float16 (:func:`w16_plan`). float16 keeps TF32's 10-bit mantissa, so
+    the products round as the TF32 ones do, on half the on-chip memory per weight slice (wider
+    slices, fewer programs); its range holds ``|W_hh|`` and ``|h|`` up to 65504 (LSTM and GRU
+    states stay in [-1, 1] after the first step; the initial state and weights must too). The
+    backward keeps TF32: gate gradients need float32's range. Not timed on a GPU yet, so not a
+    default. Block sizes are powers of two >= 16 (``tl.dot``'s minimum).
     """
 
     path: str
@@ -122,10 +129,13 @@ class Plan:
     num_warps: int = 4
     num_stages: int = 1
     packed_io: bool = False
+    half_w: bool = False
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
             raise ValueError(f"Plan: path must be one of {PATHS}, got {self.path!r}")
+        if self.half_w and self.path not in ("resident", "split"):
+            raise ValueError(f"Plan: half_w needs the resident or split path, got {self.path!r}")
         for name in ("block_b", "block_h", "block_k"):
             v = getattr(self, name)
             if v < 16 or v & (v - 1):
@@ -207,6 +217,20 @@ def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: 
     # 64x32 tiles, 8 warps, the reduction loop pipelined two deep: 1.3-1.6x faster than unpipelined
     # on an H100 despite a few spilled registers (benchmarks/compile_check.py)
     return Plan(path, block_b, block_h=min(64, HP), block_k=min(32, HP), num_warps=8, num_stages=2)
+
+
+def w16_plan(mode: str, batch: int, hidden_size: int) -> Plan | None:
+    """The float32 plan whose forward reads ``W_hh`` in float16 (``Plan.half_w``), sized for
+    float16 slices: ``resident`` where the float16 ``W_hh`` fits one program, else ``split``
+    where its slices fit; ``None`` beyond. The plan runs only float32 tanh cells (a ReLU RNN's
+    states are unbounded, so the kernels refuse it)."""
+    half = torch.float16
+    plan = plan_for(mode, batch, hidden_size, half)
+    if plan.path == "split":
+        plan = split_plan(mode, batch, hidden_size, half)
+    if plan is None or plan.path not in ("resident", "split"):
+        return None
+    return dataclasses.replace(plan, half_w=True)
 
 
 def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> list[Plan]:
@@ -522,6 +546,10 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
     save = xg if mode != "rnn" else out  # activations over the projections
     c0 = c0 if c0 is not None else h0
     n_btiles = triton.cdiv(B, plan.block_b)
+    if plan.half_w:
+        if dt != torch.float32 or nonlinearity == "relu":
+            raise ValueError(f"triton engine: half_w plans run float32 tanh cells, got {dt} {nonlinearity}")
+        w_hh = w_hh.half()  # the recurrent product's operands: this and h (see Plan)
     if plan.path == "resident":
         hn = torch.empty(B, H, dtype=torch.float32, device=x.device)
         cn = torch.empty_like(hn) if mode == "lstm" else hn
@@ -544,7 +572,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
                 torch.mm(h0 if t == 0 else out[t - 1], w_t, out=gh[:, :G])
                 K.fwd_cell_kernel[grid](xg, gh, b_hn, lens, hn, cn, out, cs, save, t, B, H, **common)
     elif plan.path == "split":
-        hbuf = torch.empty(2, B, H, dtype=dt, device=x.device)  # h exchanged between programs
+        hbuf = torch.empty(2, B, H, dtype=w_hh.dtype, device=x.device)  # h exchanged between programs
         hbuf[0] = h0
         hn = h0.float().clone()  # own columns' exact state between launches, then the result
         cn = c0.float().clone() if mode == "lstm" else hn
@@ -624,6 +652,8 @@ class _TritonLayer(torch.autograd.Function):
                 save = _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, ctx.nonlinearity, plan)[2]
             ctx.save_spent = True
             dg = save  # the gate gradients of each step go over its saved activations
+        if plan.half_w:  # the backward reads W_hh in float32 (TF32 products): the default's slices
+            plan = plan_for(mode, B, H, dt)
         c0 = c0 if c0 is not None else h0
         dout = torch.zeros_like(out) if dout is None else dout.contiguous()
         dh_n = torch.zeros(B, H, device=dev) if dh_n is None else dh_n.float().contiguous()
