@@ -8,7 +8,8 @@
 # 2. where the peak memory goes (benchmarks/gpu_memory.py, about 30 s);
 # 3. the benchmark (it compiles every kernel variant up front in parallel processes, checks each
 #    Triton path against cuDNN, then times cuDNN, the fused engine and the Triton paths);
-# 4. the other GPU-only correctness tests (most kernels are in Triton's disk cache by then).
+# 4. the other GPU-only correctness tests (most kernels are in Triton's disk cache by then), and
+#    the task commands trained and scored on the GPU.
 # Logs and benchmarks/results/gpu.json and gpu_memory.json go to $OUT when the device tool provides it.
 # Time limits (seconds): SPLIT_S, MEM_S, BENCH_S, TESTS_S.
 set -u -o pipefail
@@ -20,7 +21,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,n
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
 pytest_gpu() {
-    python -m pytest tests/test_triton.py tests/test_native.py -q -p no:cacheprovider -k "$1"
+    python -m pytest tests/test_triton.py tests/test_native.py tests/test_tasks_cli.py -q -p no:cacheprovider -k "$1"
 }
 timeout "${SPLIT_S:-150}" bash -c "$(declare -f pytest_gpu); pytest_gpu 'gpu and split'" 2>&1 | tee "$OUT/split_tests.log"
 split_rc=$?

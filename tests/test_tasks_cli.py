@@ -732,8 +732,13 @@ def test_task_follow_up_commands_take_a_device(texts, pairs, tmp_path, capsys):
     fails(["predict", runs["classify"], "--device", "tpu"], capsys, "--device")
 
 
+#: Figures that vary smoothly with the weights (the rest count argmax decisions, which a
+#: rounding difference between devices may flip on an untrained model).
+_SMOOTH = {"loss", "perplexity", "free_running_perplexity", "mape", "mae", "naive_mape", "naive_mae"}
+
+
 @pytest.mark.skipif(not torch_cuda(), reason="needs CUDA")
-def test_task_runs_trained_on_cuda_score_alike_on_cuda_and_cpu(texts, pairs, tmp_path, capsys):
+def test_gpu_task_runs_score_alike_on_cuda_and_cpu(texts, pairs, tmp_path, capsys):
     runs, uses = _task_runs(texts, pairs, tmp_path, capsys, device="cuda")
     for task, out in runs.items():
         trained = json.loads((out / "metrics.json").read_text())
@@ -743,9 +748,14 @@ def test_task_runs_trained_on_cuda_score_alike_on_cuda_and_cpu(texts, pairs, tmp
         assert code == 0, (argv, err)
         code, on_cpu, err = run([*argv, "--device", "cpu"], capsys)
         assert code == 0, (argv, err)
-        if argv[-1] == "--json":  # figures: equal up to TF32 / reduction-order rounding
+        assert on_gpu.count("\n") == on_cpu.count("\n"), argv
+        if argv[0] == "evaluate":  # figures: equal up to TF32 / reduction-order rounding
             gpu, cpu = (json.loads(o.strip().splitlines()[-1]) for o in (on_gpu, on_cpu))
+            assert gpu.keys() == cpu.keys(), argv
             for key, value in cpu.items():
-                assert gpu[key] == pytest.approx(value, rel=2e-2, abs=1e-3), (argv, key)
-        else:
-            assert on_gpu.count("\n") == on_cpu.count("\n"), argv
+                if isinstance(value, int):
+                    assert gpu[key] == value, (argv, key)
+                elif key in _SMOOTH:
+                    assert gpu[key] == pytest.approx(value, rel=2e-2, abs=1e-3), (argv, key)
+                else:
+                    assert abs(gpu[key] - value) <= 0.25, (argv, key)  # a few flipped decisions
