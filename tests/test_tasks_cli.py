@@ -11,6 +11,7 @@ import math
 import random
 
 import pytest
+import torch
 
 from rnnkit.cli import main
 
@@ -38,12 +39,6 @@ def fails(argv, capsys, *needles):
         assert needle in lines[0], lines[0]
     assert "Traceback" not in err
     return lines[0]
-
-
-def torch_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def digest(folder):
@@ -612,46 +607,36 @@ def test_task_commands_refuse_an_engine_or_device_that_cannot_run_before_writing
 
 
 def _task_runs(texts, pairs, folder, capsys, device="cpu"):
-    """A tiny run of each task, trained on ``device``; returns ``{task: (run folder, follow-up argv)}``."""
+    """A tiny run of each task, trained on ``device``. Returns ``{task: run folder}`` and the
+    follow-up commands that use the runs (each ``rnnkit`` argv)."""
     rows = ["month,sales"] + [f"m{i},{100 + i + 10 * math.sin(i * math.pi / 6):.2f}" for i in range(48)]
     (folder / "s.csv").write_text("\n".join(rows) + "\n")
     (folder / "lines.txt").write_text("eins zwei\ndrei\n")
-    quick = ["--max-steps", "3", "--device", device, "--json", *TINY]
-    train = {
-        "classify": ["--data", texts / "train.txt", "--epochs", "1", "--bidirectional"],
-        "translate": ["--pairs", pairs / "pairs.tsv", "--level", "word", "--min-freq", "1"],
-        "generate-from": ["--data", texts / "train.txt", "--level", "char"],
-        "forecast": ["--data", folder / "s.csv", "--target-col", "sales", "--horizon", "4"],
+    train = {  # task: (its own options, its labelled data)
+        "classify": (["--epochs", "1", "--bidirectional", *TINY], texts / "train.txt"),
+        "translate": (["--level", "word", "--min-freq", "1", *TINY], pairs / "pairs.tsv"),
+        "generate-from": (["--level", "char", *TINY], texts / "train.txt"),
+        "forecast": (
+            ["--target-col", "sales", "--horizon", "4", "--lookback", "12", "--hidden-size", "8"],
+            folder / "s.csv",
+        ),
     }
-    runs = {}
-    for task, argv in train.items():
-        out = folder / task
-        if task == "forecast":  # no embeddings
-            argv = [*argv, "--lookback", "12", "--max-steps", "3", "--device", device, "--json"]
-            argv += ["--hidden-size", "8"]
-        else:
-            argv = [*argv, *quick]
-        code, _, err = run(["train", task, *argv, "--out", out], capsys)
+    runs, follow_ups = {}, []
+    for task, (options, data) in train.items():
+        runs[task] = folder / task
+        where = ["--pairs" if task == "translate" else "--data", data, "--out", runs[task]]
+        code, _, err = run(
+            ["train", task, *where, *options, "--max-steps", "3", "--device", device, "--json"], capsys
+        )
         assert code == 0, err
-        runs[task] = out
-    data = {
-        "classify": texts / "train.txt",
-        "translate": pairs / "pairs.tsv",
-        "generate-from": texts / "train.txt",
-        "forecast": folder / "s.csv",
-    }
-    uses = {
-        "classify": [["predict", runs["classify"], "--input", texts / "new.txt", "--json"]],
-        "translate": [
-            ["translate", runs["translate"], "--input", folder / "lines.txt", "--heatmap", folder / "h.png"],
-            ["translate", runs["translate"], "--input", folder / "lines.txt", "--beam-size", "3"],
-        ],
-        "generate-from": [["sample", runs["generate-from"], "--condition", "pos", "--seed", "3"]],
-        "forecast": [],
-    }
-    for task in runs:
-        uses[task].append(["evaluate", runs[task], "--data", data[task], "--json"])
-    return runs, uses
+        follow_ups.append(["evaluate", runs[task], "--data", data, "--json"])
+    follow_ups += [
+        ["predict", runs["classify"], "--input", texts / "new.txt", "--json"],
+        ["translate", runs["translate"], "--input", folder / "lines.txt", "--heatmap", folder / "h.png"],
+        ["translate", runs["translate"], "--input", folder / "lines.txt", "--beam-size", "3"],
+        ["sample", runs["generate-from"], "--condition", "pos", "--seed", "3"],
+    ]
+    return runs, follow_ups
 
 
 #: The models' inference and training entry points, checked for tensors made without naming a
@@ -671,7 +656,6 @@ def _strays_are_errors(monkeypatch):
     rightly make CPU tensors, and the layers' own GPU tests cover their devices."""
     import importlib
 
-    import torch
     from torch.overrides import TorchFunctionMode
     from torch.utils._device import _device_constructors
     from torch.utils._pytree import tree_leaves
@@ -710,17 +694,15 @@ def _strays_are_errors(monkeypatch):
 
 def test_task_models_make_every_tensor_on_their_own_device(texts, pairs, tmp_path, capsys, monkeypatch):
     _strays_are_errors(monkeypatch)
-    runs, uses = _task_runs(texts, pairs, tmp_path, capsys)
-    for argv in [a for task in uses for a in uses[task]]:
+    _, follow_ups = _task_runs(texts, pairs, tmp_path, capsys)
+    for argv in follow_ups:
         code, _, err = run(argv, capsys)
         assert code == 0, (argv, err)
 
 
 def test_task_follow_up_commands_take_a_device(texts, pairs, tmp_path, capsys):
-    import torch
-
-    runs, uses = _task_runs(texts, pairs, tmp_path, capsys)
-    for argv in [a for task in uses for a in uses[task]]:
+    runs, follow_ups = _task_runs(texts, pairs, tmp_path, capsys)
+    for argv in follow_ups:
         code, default, err = run(argv, capsys)
         assert code == 0, (argv, err)
         code, on_cpu, err = run([*argv, "--device", "cpu"], capsys)
@@ -737,13 +719,13 @@ def test_task_follow_up_commands_take_a_device(texts, pairs, tmp_path, capsys):
 _SMOOTH = {"loss", "perplexity", "free_running_perplexity", "mape", "mae", "naive_mape", "naive_mae"}
 
 
-@pytest.mark.skipif(not torch_cuda(), reason="needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_task_runs_score_alike_on_cuda_and_cpu(texts, pairs, tmp_path, capsys):
-    runs, uses = _task_runs(texts, pairs, tmp_path, capsys, device="cuda")
+    runs, follow_ups = _task_runs(texts, pairs, tmp_path, capsys, device="cuda")
     for task, out in runs.items():
         trained = json.loads((out / "metrics.json").read_text())
         assert trained["steps"] == 3, task
-    for argv in [a for task in uses for a in uses[task]]:
+    for argv in follow_ups:
         code, on_gpu, err = run([*argv, "--device", "cuda"], capsys)
         assert code == 0, (argv, err)
         code, on_cpu, err = run([*argv, "--device", "cpu"], capsys)

@@ -226,7 +226,7 @@ def w16_plan(mode: str, batch: int, hidden_size: int) -> Plan | None:
     states are unbounded, so the kernels refuse it)."""
     half = torch.float16
     plan = plan_for(mode, batch, hidden_size, half)
-    if plan.path == "split":
+    if plan.path == "split":  # where slices do not fit, None, not plan_for's forced fallback
         plan = split_plan(mode, batch, hidden_size, half)
     if plan is None or plan.path not in ("resident", "split"):
         return None
