@@ -188,7 +188,11 @@ def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
 #: fewer threads to synchronise per step where H <= 64; ``*_packed``: LSTM/GRU gate slots loaded and
 #: stored as one tile, ``Plan.packed_io``; ``persistent64``/``split64``: 64-row batch tiles where
 #: B >= 64, whose products compile to Hopper's wgmma instead of mma.sync, benchmarks/results/gpu_notes.md;
-#: ``w16``: float32 only, the forward reads W_hh and h in float16, ``Plan.half_w``, sized by ``w16_plan``).
+#: ``w16``: float32 only, the forward reads W_hh and h in float16, ``Plan.half_w``, sized by ``w16_plan``;
+#: ``graph``: the default plan with each call's launches replayed as a CUDA graph, ``Plan.graph``, which
+#: takes the host's per-call work off the GPU's critical path; ``gemm_graph``: for B >= 64, the gemm path
+#: (cuBLAS per step) replayed so, ``graph_plan``; timing's first warm-up call sees a call's key, the second
+#: captures its graphs, the timed calls replay them).
 ALL_EXTRA_PATHS = (
     "resident",
     "resident2",
@@ -203,6 +207,8 @@ ALL_EXTRA_PATHS = (
     "persistent64",
     "stepwise",
     "w16",
+    "graph",
+    "gemm_graph",
 )
 
 
@@ -211,6 +217,10 @@ def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
 
     if name == "w16":
         return te.w16_plan(mode, B, H) if dtype == torch.float32 else None
+    if name == "graph":
+        return dataclasses.replace(te.plan_for(mode, B, H, dtype), graph=True)
+    if name == "gemm_graph":  # where a step's products are big enough for cuBLAS to matter
+        return te.graph_plan(mode, B, H, dtype) if B >= 64 else None
     if name == "split16":
         return te.split_plan(mode, B, H, dtype, block_h=16)
     if name == "persistent1":
@@ -288,7 +298,8 @@ def precompile(points: list, extra_paths: tuple[str, ...], args) -> dict:
             same = "persistent" if path == "stepwise" else path
             # the split kernels hold all of H (padded to a power of two) as one tile
             hp = te._hp(H) if path == "split" else None
-            variant = (mode, dname, H % 16 == 0, hp, dataclasses.replace(plan, path=same))
+            # graph plans launch the kernels of their eager twins
+            variant = (mode, dname, H % 16 == 0, hp, dataclasses.replace(plan, path=same, graph=False))
             fields = dataclasses.asdict(plan)
             jobs.setdefault(variant, (mode, dname, H, fields, torch.backends.cudnn.allow_tf32, DEVICE))
     workers = args.workers or max(1, min(len(jobs), (os.cpu_count() or 2) - 2, 12))

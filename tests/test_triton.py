@@ -14,6 +14,8 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 CUDA = torch.cuda.is_available()
 if not CUDA:
@@ -331,7 +333,14 @@ def test_candidate_plans_start_with_the_default_and_are_distinct(mode, B, H):
     plans = te.candidate_plans(mode, B, H, torch.bfloat16)
     assert plans[0] == te.plan_for(mode, B, H, torch.bfloat16)
     assert len(set(plans)) == len(plans) >= 2
-    assert all(p.path in ("resident", "split", "persistent") for p in plans)
+    assert all(p.path in ("resident", "split", "persistent") or p.graph for p in plans)
+    # the default replayed as a CUDA graph; the graphed gemm path only where the steps are real
+    # matrix products (persistent default)
+    graphed = [plans[0].path] + (["gemm"] if plans[0].path == "persistent" else [])
+    assert [p.path for p in plans if p.graph] == graphed
+    assert [p for p in plans if p.path == "gemm"] == (
+        [te.graph_plan(mode, B, H, torch.bfloat16)] if plans[0].path == "persistent" else []
+    )
     on_chip = any(p.path in ("resident", "split") for p in plans)  # none at H = 1024
     assert any(p.packed_io for p in plans) == (mode != "rnn" and on_chip)
     assert any(p.block_b == 64 for p in plans) == (B >= 64)
@@ -572,6 +581,87 @@ def test_projections_activations_and_gate_gradients_share_one_buffer(monkeypatch
     assert peak >= gate_slots * H * row  # the gate buffer is in the profile
 
 
+def _span(ptr, shape, stride, itemsize):
+    """``[first, last)`` byte addresses a tensor (or view) of this layout reaches."""
+    last = sum((n - 1) * st for n, st in zip(shape, stride, strict=True) if n > 0)
+    return ptr, ptr + (last + 1) * itemsize
+
+
+class _Touches(TorchDispatchMode):
+    """Records every tensor an aten op reads or writes (arguments and results)."""
+
+    def __init__(self, sink: list) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        flat, _ = tree_flatten((args, kwargs, result))
+        self.sink.extend(t for t in flat if isinstance(t, torch.Tensor))
+        return result
+
+
+GRAPH_KEY_CASES = [(mode, path, torch.float32, "all") for mode in ("rnn", "lstm", "gru") for path in te.PATHS]
+GRAPH_KEY_CASES += [
+    ("lstm", "split", torch.bfloat16, "all"),
+    ("gru", "resident", torch.bfloat16, "all"),
+    ("lstm", "split_w16", torch.float32, "all"),
+    ("gru", "persistent", torch.float32, "state only"),  # no output gradient: the backward zeroes one
+    ("lstm", "resident", torch.float32, "weights only"),  # no dx, dh0, dc0
+    ("gru", "gemm", torch.float32, "no bias"),
+]
+
+
+@pytest.mark.parametrize("mode, path, dtype, case", GRAPH_KEY_CASES)
+def test_graph_keys_name_every_tensor_a_call_launches_on(monkeypatch, mode, path, dtype, case):
+    """A replayed CUDA graph writes wherever its capture's launches pointed, so a ``graph`` plan's
+    key must name every tensor a launch in the call reaches: else a later call over other memory
+    could replay into the wrong buffers. And no launch may allocate (memory made inside a capture
+    belongs to the graph and is reused by the next replay). Here the launches run eagerly, every
+    aten op and kernel launch recorded (kernels as no-ops: what they compute is tested above)."""
+    calls = []  # (key, tensors the call's launches reached)
+
+    class Recording:
+        def run(self, key, launches, device):
+            calls.append((key, []))
+            with _Touches(calls[-1][1]):
+                launches()
+            return "eager"
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls[-1][1].extend(a for a in args if isinstance(a, torch.Tensor))
+
+    for name in dir(te.K):
+        if name.endswith("_kernel"):
+            monkeypatch.setattr(te.K, name, Kernel())
+    monkeypatch.setattr(te, "GRAPHS", Recording())
+    B, T, H = 3, 7, 24
+    if path == "split_w16":
+        plan = dataclasses.replace(te.Plan("split", 16, 16, 16, half_w=True), graph=True)
+    else:
+        plan = dataclasses.replace(_plan(mode, path, dtype, B, H), graph=True)
+    x, state, weights = _problem(mode, B, T, 5, H, dtype, bias=case != "no bias")
+    if case == "weights only":
+        x, state = x.detach(), tuple(s.detach() for s in state)
+    leaves = [t for t in (x, *state, *weights) if t is not None and t.requires_grad]
+    out, fin = te.run(mode, x, state, weights, torch.tensor(LENGTHS), plan=plan)
+    ups = [torch.randn_like(t) for t in (out, *fin)]
+    if case == "state only":
+        torch.autograd.grad(fin, leaves, ups[1:])
+    else:
+        torch.autograd.grad([out, *fin], leaves, ups)
+    assert [key[3] for key, _ in calls] == ["fwd", "bwd"]
+    for key, touched in calls:
+        keyed = [_span(*p[1:4], p[4].itemsize) for p in key if isinstance(p, tuple) and p[:1] == ("tensor",)]
+        assert len(touched) > 5
+        for t in touched:
+            lo, hi = _span(t.data_ptr(), t.shape, t.stride(), t.element_size())
+            assert any(a <= lo and hi <= b for a, b in keyed), (
+                f"{key[3]}: a launch reaches a tensor the key does not name: {tuple(t.shape)} {t.dtype}"
+            )
+
+
 # ---------------------------------------------------------------- GPU only (compiled kernels)
 
 
@@ -631,6 +721,53 @@ def test_gpu_half_w_plans(mode, H):
     )
     for name, a, b in zip(NAMES[mode], ours, wanted, strict=True):
         assert _rel_err(a, b) < 5e-5, f"{name}: {_rel_err(a, b):.2e}"
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "path, dtype",
+    [(p, torch.float32) for p in ("resident", "split", "persistent", "gemm")]
+    + [("split", torch.bfloat16), ("gemm", torch.bfloat16)],
+)
+@pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
+def test_gpu_graph_plans_replay_equal_to_eager_calls(monkeypatch, mode, path, dtype):
+    # what benchmarks/bench_gpu.py's graph variants run: a call's launches captured as a CUDA
+    # graph on its second sighting and replayed after. New values go into the same tensors before
+    # each call, so a replay must read what the memory holds now, and each call's results must
+    # equal the eager plan's on the same values.
+    from rnnkit.engine._graphs import CallGraphs
+
+    monkeypatch.setattr(te, "GRAPHS", CallGraphs())
+    B, T = 37, 29
+    H = 48 if path == "resident" else 208
+    lengths = torch.tensor([(7 * b) % T + 1 for b in range(B)])
+    x, state, weights = _problem(mode, B, T, 33, H, dtype)
+    leaves = [x, *state, *weights]
+    plan = dataclasses.replace(te.plan_for(mode, B, H, dtype, path), graph=True)
+    eager = dataclasses.replace(plan, graph=False)
+    scales = [leaf.abs().max().item() for leaf in leaves]
+
+    def call(seed, plan):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for leaf, scale in zip(leaves, scales, strict=True):
+                leaf.copy_(scale * (torch.rand(leaf.shape, generator=g) * 2 - 1))
+        res = _run_and_grad(te.run, mode, x, state, weights, lengths, "tanh", plan=plan)
+        return [r.detach().cpu() for r in res]
+
+    graphed = [call(seed, plan) for seed in range(5)]  # in a row: the same blocks each call
+    assert te.GRAPHS.stats["captured"] >= 2 and te.GRAPHS.stats["replayed"] >= 2, te.GRAPHS.stats
+    # the same kernels; library products may pick other algorithms under capture (rounding), a
+    # replay over stale or wrong memory would be off by the values' own size
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    for seed, ours in enumerate(graphed):
+        theirs = call(seed, eager)
+        for name, a, b in zip(NAMES[mode], ours, theirs, strict=True):
+            assert _rel_err(a, b) < tol, f"call {seed}, {name}: {_rel_err(a, b):.2e}"
+    if dtype == torch.float32:  # and right, not just alike: the last call against the reference
+        ref = _run_and_grad(reference.run, mode, x, state, weights, lengths, "tanh")
+        for name, a, b in zip(NAMES[mode], graphed[-1], ref, strict=True):
+            assert _rel_err(a, b.detach().cpu()) < 2e-5, name
 
 
 @needs_cuda

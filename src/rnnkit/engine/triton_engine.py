@@ -22,6 +22,10 @@ Five paths (see :class:`Plan`), chosen by :func:`plan_for`:
 - ``stepwise``: any ``H``; one launch per step with programs split over batch tiles and hidden
   blocks (no program waits on another, so it is correct on every backend, the interpreter too).
 
+With ``Plan.graph`` a call's launches, on any path, are captured as a CUDA graph the second time
+the same call (same buffers) comes, and replayed after (:mod:`._graphs`). Every tensor is
+allocated before the launches, so the graph never owns a result.
+
 Works on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (for tests).
 """
 
@@ -40,6 +44,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ._graphs import CallGraphs, call_key
 from .common import LayerWeights, State
 
 try:
@@ -64,6 +69,8 @@ __all__ = [
     "candidate_plans",
     "plan_for",
     "w16_plan",
+    "graph_plan",
+    "GRAPHS",
     "run",
     "supports",
     "tune",
@@ -119,7 +126,13 @@ class Plan:
     slices, fewer programs); its range holds ``|W_hh|`` and ``|h|`` up to 65504 (LSTM and GRU
     states stay in [-1, 1] after the first step; the initial state and weights must too). The
     backward keeps TF32: gate gradients need float32's range. Not timed on a GPU yet, so not a
-    default. Block sizes are powers of two >= 16 (``tl.dot``'s minimum).
+    default. ``graph``: each call's launches (forward: bias folding, input projection, state
+    copies, kernels; backward: kernels and the gradient products) are captured once as a CUDA
+    graph and replayed on later calls over the same buffers (:mod:`._graphs`). It takes the
+    host's per-call work off the GPU's critical path: about 1 ms a forward + backward on the
+    lent H100 (run 5b's times fit ``T`` x per-step + 0.8-1.3 ms), a third of the call at
+    ``T`` = 64-256; and, for ``gemm``, its ~40 us a step of host launches. Not timed on a GPU
+    yet, so not a default. Block sizes are powers of two >= 16 (``tl.dot``'s minimum).
     """
 
     path: str
@@ -130,6 +143,7 @@ class Plan:
     num_stages: int = 1
     packed_io: bool = False
     half_w: bool = False
+    graph: bool = False
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -233,12 +247,22 @@ def w16_plan(mode: str, batch: int, hidden_size: int) -> Plan | None:
     return dataclasses.replace(plan, half_w=True)
 
 
+def graph_plan(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan:
+    """The ``gemm`` plan whose time loops replay as CUDA graphs (``Plan.graph``): each step one
+    library matrix product and one cell kernel, without the host's launch work. Meant for steps
+    that are real matrix products (B = 256, H = 1024: about 2 GFLOP a step), where the one-launch
+    ``persistent`` kernels' mma.sync products fall behind cuBLAS."""
+    return dataclasses.replace(plan_for(mode, batch, hidden_size, dtype, "gemm"), graph=True)
+
+
 def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> list[Plan]:
     """The distinct plans :func:`tune` times at this size, the default first: ``resident`` where
     ``W_hh`` fits one program (also on 2 warps up to ``H`` = 64), ``split`` with 16- and 32-column
     slices and, for ``B`` >= 64, 64-row batch tiles (wgmma-sized products) where they fit,
-    ``persistent`` with 16/32- and 64-row tiles, and the packed gate I/O of LSTM and GRU. Not
-    ``gemm`` or ``stepwise``: launch-bound, slower at every size measured."""
+    ``persistent`` with 16/32- and 64-row tiles, the packed gate I/O of LSTM and GRU, the default
+    replayed as a CUDA graph (``Plan.graph``), and where ``persistent`` is the default the ``gemm``
+    path replayed so (:func:`graph_plan`). Not ``gemm`` launched step by step, or ``stepwise``:
+    launch-bound, slower at every size measured."""
     elt = torch.empty(0, dtype=dtype).element_size()
     HP = _hp(hidden_size)
     plans = [plan_for(mode, batch, hidden_size, dtype)]
@@ -259,6 +283,9 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
         plans += [
             dataclasses.replace(p, packed_io=True) for p in plans if p and p.path in ("resident", "split")
         ]
+    plans.append(dataclasses.replace(plans[0], graph=True))  # without the host's per-call work
+    if plans[0].path == "persistent":  # steps that are real matrix products: cuBLAS, graphed
+        plans.append(graph_plan(mode, batch, hidden_size, dtype))
     return list(dict.fromkeys(p for p in plans if p is not None))
 
 
@@ -432,13 +459,14 @@ def _hidden_side(dg: Tensor, w_hh: Tensor, mode: str) -> list[tuple[Tensor, Tens
     return [(dg[..., : NUM_GATES[mode] * H], w_hh)]
 
 
-def _column_sums(a: Tensor) -> Tensor:
-    """Column sums ``(C,)`` of ``a`` ``(N, C)`` (a view, rows possibly strided) in its dtype, as
-    a matrix-vector product: cuBLAS accumulates in fp32 (split-K partial sums may be combined in
-    fp16/bf16 where torch allows reduced-precision reductions, its default). ``torch.sum`` over
-    the tall dimension took a staging buffer of up to about 130 MiB on an H100, the largest block
-    live at the backward's peak (benchmarks/gpu_memory.py, run 5); the product needs none."""
-    return a.t().mv(torch.ones(a.shape[0], dtype=a.dtype, device=a.device))
+def _column_sums(a: Tensor, ones: Tensor, out: Tensor) -> None:
+    """Column sums of ``a`` ``(N, C)`` (a view, rows possibly strided) into ``out`` ``(C,)``, in
+    ``a``'s dtype, as a matrix-vector product with ``ones`` ``(N,)``: cuBLAS accumulates in fp32
+    (split-K partial sums may be combined in fp16/bf16 where torch allows reduced-precision
+    reductions, its default). ``torch.sum`` over the tall dimension took a staging buffer of up
+    to about 130 MiB on an H100, the largest block live at the backward's peak
+    (benchmarks/gpu_memory.py, run 5); the product needs none."""
+    torch.mv(a.t(), ones, out=out)
 
 
 def _flags(mode: str, nonlinearity: str, dtype: torch.dtype) -> dict:
@@ -454,8 +482,9 @@ def _hp(hidden_size: int) -> int:
 
 
 def _barrier(n_btiles: int, device: torch.device) -> Tensor:
-    """The split kernels' int32 counters: start ticket, error flag, one step counter per batch tile."""
-    return torch.zeros(2 + n_btiles, dtype=torch.int32, device=device)
+    """The split kernels' int32 counters: start ticket, error flag, one step counter per batch
+    tile. Uninitialised: the launches zero them (inside a call's CUDA graph, when it has one)."""
+    return torch.empty(2 + n_btiles, dtype=torch.int32, device=device)
 
 
 def _launches(n_btiles: int, per_tile: int) -> list[tuple[int, int]]:
@@ -481,11 +510,19 @@ def _blocks_per_program(n_hblocks: int, n_btiles: int) -> tuple[int, int]:
 #: Cleared, with a warning, should a launch be refused; the step barrier's spin guard remains.
 COOPERATIVE = True
 
+#: Calls' launches as CUDA graphs, for plans with ``graph`` (:mod:`._graphs`).
+GRAPHS = CallGraphs()
+
 
 def _launch_synced(kernel, grid: tuple[int], *args, **kwargs) -> None:
     """Launch a kernel whose programs meet at step barriers: cooperatively where it can be."""
     global COOPERATIVE
-    # not while a CUDA graph is being captured: a refused launch there would spoil the capture
+    if COOPERATIVE and not INTERPRETED and GRAPHS.capturing():
+        # our own capture, of launches that just ran eagerly: a cooperative kernel node (should
+        # the capture refuse it, GRAPHS runs the launches eagerly from then on)
+        kernel[grid](*args, **kwargs, launch_cooperative_grid=True)
+        return
+    # not while someone else's CUDA graph is being captured: a refused launch would spoil it
     capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
     if COOPERATIVE and not INTERPRETED and not capturing:
         try:
@@ -505,6 +542,22 @@ def _launch_synced(kernel, grid: tuple[int], *args, **kwargs) -> None:
     kernel[grid](*args, **kwargs)
 
 
+def _replayable(plan: Plan, launches, *key_parts) -> None:
+    """Run one call's ``launches``: eagerly, or for a ``graph`` plan as a CUDA graph once the
+    same call repeats (:mod:`._graphs`). ``launches`` only write tensors allocated before it (a
+    graph replays into the same memory, so nothing it makes may outlive it); ``key_parts`` name
+    every tensor it reaches and every other argument that shapes it. The plan, the precision of
+    fp32 products and the current stream (graphs on one stream share their pool) complete the
+    key."""
+    if not plan.graph:
+        launches()
+        return
+    device = next(p for p in key_parts if isinstance(p, Tensor)).device
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+    key = call_key(plan, torch.backends.cudnn.allow_tf32, stream, *key_parts)
+    GRAPHS.run(key, launches, device)
+
+
 def _launch(plan: Plan) -> dict:
     """Launch options and the plan's own compile-time switches."""
     return dict(num_warps=plan.num_warps, num_stages=plan.num_stages, PACK=plan.packed_io)
@@ -514,105 +567,153 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
     """The forward kernels: ``(out, cs, save, h_n, c_n)``, ``save`` the gate buffer ``(T, B, GW *
     H)`` holding the saved activations (LSTM, GRU; the RNN saves nothing but ``out``, returned in
     its place), ``h_n``/``c_n`` fp32. Memory: the projections and the activations share one
-    buffer, which the backward reuses for the gate gradients."""
+    buffer, which the backward reuses for the gate gradients. Every tensor is allocated first,
+    then one closure launches the work (:func:`_replayable`)."""
     T, B, I = x.shape
     H = w_hh.shape[1]
     G = NUM_GATES[mode] * H
     dt = x.dtype
+    dev = x.device
     flags = _flags(mode, nonlinearity, dt)
+    if plan.half_w and (dt != torch.float32 or nonlinearity == "relu"):
+        raise ValueError(f"triton engine: half_w plans run float32 tanh cells, got {dt} {nonlinearity}")
     # Biases fold into the input projection, except GRU's b_hn, which the reset gate scales.
-    bias = None
-    b_hn = x.new_zeros(H)
-    if b_ih is not None:
-        bias = b_ih
-    if b_hh is not None:
-        if mode == "gru":
-            b_hn = b_hh[2 * H :].contiguous()
-            b_hh = torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)])
-        bias = b_hh if bias is None else bias + b_hh
+    has_bias = b_ih is not None or b_hh is not None
+    bias = torch.empty(G, dtype=dt, device=dev) if has_bias else None
     # the gate buffer: the input projections of every step (the first G of each row's GW * H)
-    xg = torch.empty(T, B, _gate_width(mode) * H, dtype=dt, device=x.device)
+    xg = torch.empty(T, B, _gate_width(mode) * H, dtype=dt, device=dev)
+    b_hn = torch.empty(H, dtype=dt, device=dev) if mode == "gru" else xg  # the others ignore it
     x2 = x.reshape(T * B, I)  # (T*B, I)
     xg_rows = xg.view(T * B, -1)[:, :G]  # (T*B, G), written in place (library GEMMs take the stride)
-    with _matmul_precision(dt):
-        if bias is None:
-            torch.mm(x2, w_ih.t(), out=xg_rows)
-        else:
-            torch.addmm(bias, x2, w_ih.t(), out=xg_rows)
-    del xg_rows
-
-    out = torch.empty(T, B, H, dtype=dt, device=x.device)
-    cs = torch.empty(T, B, H, dtype=dt, device=x.device) if mode == "lstm" else out
+    out = torch.empty(T, B, H, dtype=dt, device=dev)
+    cs = torch.empty(T, B, H, dtype=dt, device=dev) if mode == "lstm" else out
     save = xg if mode != "rnn" else out  # activations over the projections
     c0 = c0 if c0 is not None else h0
     n_btiles = triton.cdiv(B, plan.block_b)
-    if plan.half_w:
-        if dt != torch.float32 or nonlinearity == "relu":
-            raise ValueError(f"triton engine: half_w plans run float32 tanh cells, got {dt} {nonlinearity}")
-        w_hh = w_hh.half()  # the recurrent product's operands: this and h (see Plan)
+    # the recurrent product's weights: half_w reads them in float16 (see Plan)
+    w_rec = torch.empty_like(w_hh, dtype=torch.float16) if plan.half_w else w_hh
+    state = {}  # path-specific buffers
     if plan.path == "resident":
-        hn = torch.empty(B, H, dtype=torch.float32, device=x.device)
+        hn = torch.empty(B, H, dtype=torch.float32, device=dev)
         cn = torch.empty_like(hn) if mode == "lstm" else hn
-        K.fwd_resident_kernel[(n_btiles,)](
-            xg, w_hh, b_hn, h0, c0, lens, out, cs, save, hn, cn, T, B, H,
-            BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
-        )  # fmt: skip
-    elif plan.path == "gemm":
-        hn = h0.float().clone()  # the state, frozen past each sequence's end
-        cn = c0.float().clone() if mode == "lstm" else hn
-        gh = torch.empty(B, _gate_width(mode) * H, dtype=dt, device=x.device)  # rows as the gate buffer's
-        grid = (n_btiles, triton.cdiv(H, plan.block_h))
-        common = dict(
-            BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **_cell_flags(mode, nonlinearity)
-        )
-        w_t = w_hh.t()
-        with _matmul_precision(dt):
-            for t in range(T):
-                # rows past their end read a zero output: their step is discarded anyway
-                torch.mm(h0 if t == 0 else out[t - 1], w_t, out=gh[:, :G])
-                K.fwd_cell_kernel[grid](xg, gh, b_hn, lens, hn, cn, out, cs, save, t, B, H, **common)
-    elif plan.path == "split":
-        hbuf = torch.empty(2, B, H, dtype=w_hh.dtype, device=x.device)  # h exchanged between programs
-        hbuf[0] = h0
-        hn = h0.float().clone()  # own columns' exact state between launches, then the result
-        cn = c0.float().clone() if mode == "lstm" else hn
-        n_h = triton.cdiv(H, plan.block_h)
-        common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
-        for tile0, tiles in _launches(n_btiles, n_h):
-            grid = (tiles * n_h,)
-            args = (xg, w_hh, b_hn, lens, hbuf, hn, cn, out, cs, save, _barrier(tiles, x.device), tile0)
-            if INTERPRETED:
-                for t in range(T):
-                    K.fwd_split_kernel[grid](*args, t, t + 1, B, H, n_h, 0, **common)
-            else:
-                _launch_synced(K.fwd_split_kernel, grid, *args, 0, T, B, H, n_h, 1, **common)
-    else:
-        hbuf = torch.empty(2, B, H, dtype=torch.float32, device=x.device)
-        hbuf[0] = h0
-        cn = c0.float().clone() if mode == "lstm" else hbuf  # c only exists for LSTM
-        n_hblocks = triton.cdiv(H, plan.block_h)
-        common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
-        args = (xg, w_hh, b_hn, lens, hbuf, cn, out, cs, save)
-        if plan.path == "persistent":
-            hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
-            for tile0, tiles in _launches(n_btiles, n_hp):
-                _launch_synced(
-                    K.fwd_blocked_kernel,
-                    (tiles * n_hp,),
-                    *args,
-                    _barrier(tiles, x.device),
-                    tile0, 0, T, B, H, hb, n_hp, 1,
-                    **common,
-                    **flags,
-                )  # fmt: skip
+    elif plan.path in ("gemm", "split"):
+        hn = torch.empty(B, H, dtype=torch.float32, device=dev)  # the state, frozen past each end
+        cn = torch.empty_like(hn) if mode == "lstm" else hn
+        if plan.path == "gemm":
+            state["gh"] = torch.empty(B, _gate_width(mode) * H, dtype=dt, device=dev)  # gate buffer rows
         else:
-            bar = _barrier(n_btiles, x.device)
-            for t in range(T):
-                K.fwd_blocked_kernel[(n_btiles * n_hblocks,)](
-                    *args, bar, 0, t, t + 1, B, H, 1, n_hblocks, 0, **common, **flags
-                )
+            state["hbuf"] = torch.empty(2, B, H, dtype=w_rec.dtype, device=dev)  # h between programs
+            n_h = triton.cdiv(H, plan.block_h)
+            state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_h)]
+    else:
+        hbuf = torch.empty(2, B, H, dtype=torch.float32, device=dev)
+        state["hbuf"] = hbuf
+        cn = torch.empty(B, H, dtype=torch.float32, device=dev) if mode == "lstm" else hbuf
         hn = hbuf[T % 2]
+        if plan.path == "persistent":
+            hb, n_hp = _blocks_per_program(triton.cdiv(H, plan.block_h), n_btiles)
+            state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_hp)]
+        else:
+            state["bar"] = _barrier(n_btiles, dev)
+
+    def launches() -> None:
+        n = 2 * H if mode == "gru" else G  # the gates whose b_hh folds into the projection
+        if b_ih is not None and b_hh is not None:
+            torch.add(b_ih[:n], b_hh[:n], out=bias[:n])
+            if n < G:
+                bias[n:].copy_(b_ih[n:])
+        elif b_ih is not None:
+            bias.copy_(b_ih)
+        elif b_hh is not None:
+            bias.zero_()
+            bias[:n].copy_(b_hh[:n])
+        if mode == "gru" and b_hh is not None:
+            b_hn.copy_(b_hh[n:])
+        elif mode == "gru":
+            b_hn.zero_()
+        with _matmul_precision(dt):
+            if has_bias:
+                torch.addmm(bias, x2, w_ih.t(), out=xg_rows)
+            else:
+                torch.mm(x2, w_ih.t(), out=xg_rows)
+        if plan.half_w:
+            w_rec.copy_(w_hh)
+        if plan.path != "resident":
+            if "hbuf" in state:
+                state["hbuf"][0].copy_(h0)
+            if plan.path in ("gemm", "split"):
+                hn.copy_(h0)
+            if mode == "lstm":
+                cn.copy_(c0)
+        if plan.path == "resident":
+            K.fwd_resident_kernel[(n_btiles,)](
+                xg, w_rec, b_hn, h0, c0, lens, out, cs, save, hn, cn, T, B, H,
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
+            )  # fmt: skip
+        elif plan.path == "gemm":
+            gh = state["gh"]
+            grid = (n_btiles, triton.cdiv(H, plan.block_h))
+            common = dict(
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **_cell_flags(mode, nonlinearity)
+            )
+            w_t = w_hh.t()
+            with _matmul_precision(dt):
+                for t in range(T):
+                    # rows past their end read a zero output: their step is discarded anyway
+                    torch.mm(h0 if t == 0 else out[t - 1], w_t, out=gh[:, :G])
+                    K.fwd_cell_kernel[grid](xg, gh, b_hn, lens, hn, cn, out, cs, save, t, B, H, **common)
+        elif plan.path == "split":
+            common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
+            for tile0, tiles, bar in state["groups"]:
+                bar.zero_()
+                grid = (tiles * n_h,)
+                args = (xg, w_rec, b_hn, lens, state["hbuf"], hn, cn, out, cs, save, bar, tile0)
+                if INTERPRETED:
+                    for t in range(T):
+                        K.fwd_split_kernel[grid](*args, t, t + 1, B, H, n_h, 0, **common)
+                else:
+                    _launch_synced(K.fwd_split_kernel, grid, *args, 0, T, B, H, n_h, 1, **common)
+        else:
+            n_hblocks = triton.cdiv(H, plan.block_h)
+            common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
+            args = (xg, w_hh, b_hn, lens, state["hbuf"], cn, out, cs, save)
+            if plan.path == "persistent":
+                for tile0, tiles, bar in state["groups"]:
+                    bar.zero_()
+                    _launch_synced(
+                        K.fwd_blocked_kernel,
+                        (tiles * n_hp,),
+                        *args,
+                        bar,
+                        tile0, 0, T, B, H, hb, n_hp, 1,
+                        **common,
+                        **flags,
+                    )  # fmt: skip
+            else:
+                bar = state["bar"]
+                bar.zero_()
+                for t in range(T):
+                    K.fwd_blocked_kernel[(n_btiles * n_hblocks,)](
+                        *args, bar, 0, t, t + 1, B, H, 1, n_hblocks, 0, **common, **flags
+                    )
+
+    _replayable(
+        plan, launches, "fwd", mode, nonlinearity,
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, bias, b_hn, xg, out, cs, w_rec, hn, cn,
+        *_buffers(state),
+    )  # fmt: skip
     return out, cs, save, hn, cn
+
+
+def _buffers(state: dict) -> list[Tensor]:
+    """The tensors among a path's extra buffers (``state`` of :func:`_forward` and the backward)."""
+    found = []
+    for v in state.values():
+        if isinstance(v, Tensor):
+            found.append(v)
+        elif isinstance(v, list):
+            found += [bar for _, _, bar in v]
+    return found
 
 
 class _TritonLayer(torch.autograd.Function):
@@ -645,6 +746,7 @@ class _TritonLayer(torch.autograd.Function):
         dt = x.dtype
         flags = _flags(mode, ctx.nonlinearity, dt)
         dev = x.device
+        needs = ctx.needs_input_grad
         if mode == "rnn":
             dg = torch.empty(T, B, H, dtype=dt, device=dev)
         else:
@@ -653,111 +755,152 @@ class _TritonLayer(torch.autograd.Function):
             ctx.save_spent = True
             dg = save  # the gate gradients of each step go over its saved activations
         if plan.half_w:  # the backward reads W_hh in float32 (TF32 products): the default's slices
-            plan = plan_for(mode, B, H, dt)
+            plan = dataclasses.replace(plan_for(mode, B, H, dt), graph=plan.graph)
         c0 = c0 if c0 is not None else h0
-        dout = torch.zeros_like(out) if dout is None else dout.contiguous()
-        dh_n = torch.zeros(B, H, device=dev) if dh_n is None else dh_n.float().contiguous()
-        dc_n = torch.zeros(B, H, device=dev) if dc_n is None else dc_n.float().contiguous()
-        dh0 = torch.empty(B, H, dtype=torch.float32, device=dev)
+        # Every tensor is allocated here, then one closure launches the work (_replayable).
+        dout_given = dout is not None
+        dout = dout.contiguous() if dout_given else torch.empty_like(out)
+        # the upstream state gradients in fp32: the resident kernel reads them, the others carry
+        # the gradient to the previous step in them
+        dhn = torch.empty(B, H, dtype=torch.float32, device=dev)
+        dcn = torch.empty_like(dhn)
+        dh0 = torch.empty_like(dhn)
+        dc0 = torch.empty_like(dhn) if plan.path == "resident" else dcn
         n_btiles = triton.cdiv(B, plan.block_b)
-        if plan.path == "resident":
-            dc0 = torch.empty_like(dh0)
-            K.bwd_resident_kernel[(n_btiles,)](
-                w_hh, h0, c0, lens, out, cs, save, dout, dh_n, dc_n, dg, dh0, dc0, T, B, H,
-                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
-            )  # fmt: skip
-        elif plan.path == "gemm":
-            direct = dh_n.clone()
-            dc0 = dc_n.clone()
-            rec = torch.empty(B, H, dtype=dt, device=dev)
-            grid = (n_btiles, triton.cdiv(H, plan.block_h))
-            common = dict(
-                BLOCK_B=plan.block_b,
-                BLOCK_H=plan.block_h,
-                **_launch(plan),
-                **_cell_flags(mode, ctx.nonlinearity),
-            )
-            args = (rec, h0, c0, lens, out, cs, save, dout, direct, dc0, dg)
-            with _matmul_precision(dt):
-                for t in range(T - 1, -1, -1):
-                    if t < T - 1:
-                        for k, (a, w) in enumerate(_hidden_side(dg[t + 1], w_hh, mode)):
-                            if k == 0:
-                                torch.mm(a, w, out=rec)
-                            else:
-                                rec.addmm_(a, w)
-                    K.bwd_cell_kernel[grid](*args, t, B, H, int(t < T - 1), **common)
-                dh0.copy_(direct)
-                for a, w in _hidden_side(dg[0], w_hh, mode):
-                    dh0 += (a @ w).float()
+        state = {}  # path-specific buffers
+        if plan.path == "gemm":
+            state["rec"] = torch.empty(B, H, dtype=dt, device=dev)  # the recurrent gradient
+            state["part"] = torch.empty(B, H, dtype=dt, device=dev)  # dh0's products
         elif plan.path == "split":
-            direct = dh_n.clone()
-            dc0 = dc_n.clone()
             n_h = triton.cdiv(H, plan.block_h)
-            common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
-            for tile0, tiles in _launches(n_btiles, n_h):
-                grid = (tiles * n_h,)
-                args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dg, dh0)
-                args += (_barrier(tiles, dev), tile0)
-                if INTERPRETED:
-                    for u in range(T, 0, -1):
-                        K.bwd_split_kernel[grid](*args, u, u - 1, T, B, H, n_h, 0, 0, **common)
-                    K.bwd_split_kernel[grid](*args, 0, 0, T, B, H, n_h, 0, 1, **common)
-                else:
-                    _launch_synced(K.bwd_split_kernel, grid, *args, T, 0, T, B, H, n_h, 1, 1, **common)
-        else:
-            direct = dh_n.clone()
-            dc0 = dc_n.clone()
-            n_hblocks = triton.cdiv(H, plan.block_h)
-            common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
-            args = (w_hh, h0, c0, lens, out, cs, save, dout, direct, dc0, dg, dh0)
-            if plan.path == "persistent":
-                hb, n_hp = _blocks_per_program(n_hblocks, n_btiles)
-                for tile0, tiles in _launches(n_btiles, n_hp):
-                    _launch_synced(
-                        K.bwd_blocked_kernel,
-                        (tiles * n_hp,),
-                        *args,
-                        _barrier(tiles, dev),
-                        tile0, T, 0, T, B, H, hb, n_hp, 1, 1,
-                        **common,
-                        **flags,
-                    )  # fmt: skip
-            else:
-                grid = (n_btiles * n_hblocks,)
-                args += (_barrier(n_btiles, dev), 0)
-                for u in range(T, 0, -1):
-                    K.bwd_blocked_kernel[grid](
-                        *args, u, u - 1, T, B, H, 1, n_hblocks, 0, 0, **common, **flags
-                    )
-                K.bwd_blocked_kernel[grid](*args, 0, 0, T, B, H, 1, n_hblocks, 0, 1, **common, **flags)
-
+            state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_h)]
+        elif plan.path == "persistent":
+            hb, n_hp = _blocks_per_program(triton.cdiv(H, plan.block_h), n_btiles)
+            state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_hp)]
+        elif plan.path == "stepwise":
+            state["bar"] = _barrier(n_btiles, dev)
+        x2 = x.reshape(T * B, I)  # (T*B, I)
         dg2 = dg.view(T * B, -1)  # (T*B, GW*H)
         dgi2 = dg2[:, :G]  # input side (T*B, G), rows strided by GW*H
-        dx = dw_ih = dw_hh = None
-        with _matmul_precision(dt):
-            if ctx.needs_input_grad[0]:
-                dx = (dgi2 @ w_ih).view(T, B, I)
-            if ctx.needs_input_grad[3]:
-                dw_ih = dgi2.t() @ x.reshape(T * B, I)
-            if ctx.needs_input_grad[4]:
-                # h before step t is h0 at t = 0 and out[t - 1] after (where it matters: valid steps)
-                dw_hh = torch.empty_like(w_hh)
+        dx = torch.empty(T, B, I, dtype=dt, device=dev) if needs[0] else None
+        dw_ih = torch.empty_like(w_ih) if needs[3] else None
+        dw_hh = torch.empty_like(w_hh) if needs[4] else None
+        db_ih = torch.empty_like(b_ih) if b_ih is not None and needs[5] else None
+        db_hh = torch.empty_like(b_hh) if b_hh is not None and needs[6] else None
+        ones = torch.empty(T * B, dtype=dt, device=dev) if db_ih is not None or db_hh is not None else None
+        dh0_out = dc0_out = None
+        if needs[1]:
+            dh0_out = dh0 if h0.dtype == torch.float32 else torch.empty_like(h0)
+        if mode == "lstm" and needs[2]:
+            dc0_out = dc0 if c0.dtype == torch.float32 else torch.empty_like(c0)
+
+        def launches() -> None:
+            if not dout_given:
+                dout.zero_()
+            for buf, given in ((dhn, dh_n), (dcn, dc_n)):
+                if given is None:
+                    buf.zero_()
+                else:
+                    buf.copy_(given)
+            if plan.path == "resident":
+                K.bwd_resident_kernel[(n_btiles,)](
+                    w_hh, h0, c0, lens, out, cs, save, dout, dhn, dcn, dg, dh0, dc0, T, B, H,
+                    BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **flags,
+                )  # fmt: skip
+            elif plan.path == "gemm":
+                rec = state["rec"]
+                grid = (n_btiles, triton.cdiv(H, plan.block_h))
+                common = dict(
+                    BLOCK_B=plan.block_b,
+                    BLOCK_H=plan.block_h,
+                    **_launch(plan),
+                    **_cell_flags(mode, ctx.nonlinearity),
+                )
+                args = (rec, h0, c0, lens, out, cs, save, dout, dhn, dcn, dg)
+                with _matmul_precision(dt):
+                    for t in range(T - 1, -1, -1):
+                        if t < T - 1:
+                            for k, (a, w) in enumerate(_hidden_side(dg[t + 1], w_hh, mode)):
+                                if k == 0:
+                                    torch.mm(a, w, out=rec)
+                                else:
+                                    rec.addmm_(a, w)
+                        K.bwd_cell_kernel[grid](*args, t, B, H, int(t < T - 1), **common)
+                    dh0.copy_(dhn)
+                    for a, w in _hidden_side(dg[0], w_hh, mode):
+                        torch.mm(a, w, out=state["part"])
+                        dh0.add_(state["part"])
+            elif plan.path == "split":
+                common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
+                for tile0, tiles, bar in state["groups"]:
+                    bar.zero_()
+                    grid = (tiles * n_h,)
+                    args = (w_hh, h0, c0, lens, out, cs, save, dout, dhn, dcn, dg, dh0, bar, tile0)
+                    if INTERPRETED:
+                        for u in range(T, 0, -1):
+                            K.bwd_split_kernel[grid](*args, u, u - 1, T, B, H, n_h, 0, 0, **common)
+                        K.bwd_split_kernel[grid](*args, 0, 0, T, B, H, n_h, 0, 1, **common)
+                    else:
+                        _launch_synced(K.bwd_split_kernel, grid, *args, T, 0, T, B, H, n_h, 1, 1, **common)
+            else:
+                n_hblocks = triton.cdiv(H, plan.block_h)
+                blocks = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
+                common = dict(**blocks, **_launch(plan))
+                args = (w_hh, h0, c0, lens, out, cs, save, dout, dhn, dcn, dg, dh0)
+                if plan.path == "persistent":
+                    for tile0, tiles, bar in state["groups"]:
+                        bar.zero_()
+                        _launch_synced(
+                            K.bwd_blocked_kernel,
+                            (tiles * n_hp,),
+                            *args,
+                            bar,
+                            tile0, T, 0, T, B, H, hb, n_hp, 1, 1,
+                            **common,
+                            **flags,
+                        )  # fmt: skip
+                else:
+                    grid = (n_btiles * n_hblocks,)
+                    state["bar"].zero_()
+                    args += (state["bar"], 0)
+                    for u in range(T, 0, -1):
+                        K.bwd_blocked_kernel[grid](
+                            *args, u, u - 1, T, B, H, 1, n_hblocks, 0, 0, **common, **flags
+                        )
+                    K.bwd_blocked_kernel[grid](*args, 0, 0, T, B, H, 1, n_hblocks, 0, 1, **common, **flags)
+
+            with _matmul_precision(dt):
+                if dx is not None:
+                    torch.mm(dgi2, w_ih, out=dx.view(T * B, I))
+                if dw_ih is not None:
+                    torch.mm(dgi2.t(), x2, out=dw_ih)
+                if dw_hh is not None:
+                    # h before step t is h0 at t = 0 and out[t - 1] after (where it matters: valid steps)
+                    row = 0
+                    for a, w in _hidden_side(dg, w_hh, mode):
+                        part = dw_hh[row : row + w.shape[0]]
+                        torch.mm(a[0].t(), h0, out=part)
+                        if T > 1:
+                            part.addmm_(a[1:].reshape((T - 1) * B, -1).t(), out[:-1].reshape((T - 1) * B, H))
+                        row += w.shape[0]
+            if ones is not None:
+                ones.fill_(1)
+            if db_ih is not None:
+                _column_sums(dgi2, ones, db_ih)
+            if db_hh is not None:
                 row = 0
                 for a, w in _hidden_side(dg, w_hh, mode):
-                    part = dw_hh[row : row + w.shape[0]]
-                    torch.mm(a[0].t(), h0, out=part)
-                    if T > 1:
-                        part.addmm_(a[1:].reshape((T - 1) * B, -1).t(), out[:-1].reshape((T - 1) * B, H))
+                    _column_sums(a.reshape(T * B, -1), ones, db_hh[row : row + w.shape[0]])
                     row += w.shape[0]
-        has_bih, has_bhh = b_ih is not None, b_hh is not None
-        db_ih = db_hh = None
-        if has_bih and ctx.needs_input_grad[5]:
-            db_ih = _column_sums(dgi2)
-        if has_bhh and ctx.needs_input_grad[6]:
-            db_hh = torch.cat([_column_sums(a.reshape(T * B, -1)) for a, _ in _hidden_side(dg, w_hh, mode)])
-        dh0_out = dh0.to(h0.dtype) if ctx.needs_input_grad[1] else None
-        dc0_out = dc0.to(c0.dtype) if mode == "lstm" and ctx.needs_input_grad[2] else None
+            for result, value in ((dh0_out, dh0), (dc0_out, dc0)):
+                if result is not None and result is not value:
+                    result.copy_(value)
+
+        _replayable(
+            plan, launches, "bwd", mode, ctx.nonlinearity, needs, dout_given,
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, out, cs, save, dg, dout, dh_n, dc_n, dhn, dcn,
+            dh0, dc0, dx, dw_ih, dw_hh, db_ih, db_hh, ones, dh0_out, dc0_out, *_buffers(state),
+        )  # fmt: skip
         return dx, dh0_out, dc0_out, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
 
 

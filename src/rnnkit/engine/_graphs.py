@@ -1,0 +1,153 @@
+"""CUDA graphs over a call's launches: captured once, replayed while the same call repeats.
+
+A forward or backward call of the Triton engine is a short run of launches (bias folding, the
+input projection, state copies, the time-loop kernels, the gradient products) issued by Python.
+On the lent H100 that host work costs about 1 ms a forward + backward, a third of the call at
+``T`` = 64-256 (benchmarks/results/gpu_notes.md); the ``gemm`` path, which launches a library
+product and a cell kernel every step, pays about 40 us a step and direction. Captured as one
+CUDA graph, the same launches replay from a single host call and the GPU runs them back to back.
+
+A graph bakes in every kernel argument, addresses included. So :class:`CallGraphs` keeps a graph
+per *key* that names every tensor the launches touch (address, shape, strides, dtype) and every
+other argument, and replays it only for a call with the same key: the same memory, with whatever
+it holds now. The launches must not allocate (memory made during a capture belongs to the graph,
+which reuses it on the next replay), so every result is allocated before them. Training loops
+allocate the same blocks step after step (PyTorch's caching allocator reuses them), so their keys
+repeat. A key is captured the second time it is seen: the first call runs eagerly, which also
+compiles every kernel the capture will launch, and one-off calls never pay for a capture. Capture
+itself runs nothing, so launches that update buffers in place (the engine writes activations over
+projections) still run exactly once per call.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["CallGraphs", "call_key"]
+
+
+def call_key(*parts: Any) -> tuple:
+    """A hashable key naming a call's arguments: each tensor by its address, shape, strides, dtype
+    and device (what a captured launch bakes in), anything else by value."""
+    return tuple(
+        ("tensor", p.data_ptr(), tuple(p.shape), p.stride(), p.dtype, p.device)
+        if isinstance(p, Tensor)
+        else p
+        for p in parts
+    )
+
+
+def _remember(cache: OrderedDict, key: tuple, value: Any, capacity: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > capacity:
+        cache.popitem(last=False)  # least recently used
+
+
+class CallGraphs:
+    """Runs a call's launches eagerly, or as a CUDA graph once its key repeats.
+
+    ``capacity`` graphs are kept (least recently used dropped first), all in one memory pool per
+    device: they are only ever replayed one after another on a stream, so what one leaves in the
+    pool (the library's workspace) the next may reuse. ``stats`` counts what each call did.
+    """
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self.enabled = True
+        self.stats: Counter[str] = Counter()
+        self._graphs: OrderedDict[tuple, Any] = OrderedDict()
+        self._seen: OrderedDict[tuple, None] = OrderedDict()
+        self._lock = threading.Lock()  # autograd runs backward calls on another thread
+        self._local = threading.local()  # whether this thread is capturing
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._pools: dict[torch.device, Any] = {}
+
+    def run(self, key: tuple, launches: Callable[[], None], device: torch.device) -> str:
+        """Run ``launches`` (one call's launches, on the current stream) for ``key``: replay its
+        graph, capture one on the key's second sighting, or run it eagerly. Returns which of
+        ``"replayed"``, ``"captured"`` (and replayed) or ``"eager"`` happened."""
+        how = self._run(key, launches, device)
+        self.stats[how] += 1
+        return how
+
+    def _run(self, key: tuple, launches: Callable[[], None], device: torch.device) -> str:
+        if not (self.enabled and self.capturable(device)):
+            launches()
+            return "eager"
+        with self._lock:
+            graph = self._graphs.get(key)
+            if graph is not None:
+                self._graphs.move_to_end(key)
+            first = graph is None and key not in self._seen
+            if first:
+                _remember(self._seen, key, None, 4 * self.capacity)
+        if graph is not None:
+            graph.replay()
+            return "replayed"
+        if first:
+            launches()
+            return "eager"
+        try:
+            graph = self.capture(launches, device)
+        except Exception as e:  # a driver or library call the capture cannot take
+            self.enabled = False
+            warnings.warn(
+                f"triton engine: capturing a CUDA graph failed ({type(e).__name__}: {e}); its calls "
+                "run eagerly from now on",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            launches()
+            return "eager"
+        with self._lock:
+            self._seen.pop(key, None)
+            _remember(self._graphs, key, graph, self.capacity)
+        graph.replay()
+        return "captured"
+
+    def capturing(self) -> bool:
+        """Whether the calling thread is inside one of this object's captures (launches may then
+        take forms only a capture of launches that just ran eagerly can be trusted with)."""
+        return getattr(self._local, "capturing", False)
+
+    def capturable(self, device: torch.device) -> bool:
+        """CUDA, and not inside a capture already (the caller's own graph then takes the launches)."""
+        return device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
+
+    def capture(self, launches: Callable[[], None], device: torch.device) -> Any:
+        """A CUDA graph of ``launches``, captured on a side stream (the legacy default stream
+        cannot be captured) that waits for the current stream's work first."""
+        with self._lock:
+            if device not in self._streams:
+                self._streams[device] = torch.cuda.Stream(device)
+                self._pools[device] = torch.cuda.graph_pool_handle()
+            stream, pool = self._streams[device], self._pools[device]
+        graph = torch.cuda.CUDAGraph()
+        current = torch.cuda.current_stream(device)
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            # not torch.cuda.graph(): it empties the allocator's cache first, so the next calls'
+            # blocks (and keys) would move and never repeat
+            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            self._local.capturing = True
+            try:
+                launches()
+            finally:
+                self._local.capturing = False
+                graph.capture_end()
+        current.wait_stream(stream)
+        return graph
+
+    def clear(self) -> None:
+        """Drop every graph and sighting (their pool memory goes back to the allocator)."""
+        with self._lock:
+            self._graphs.clear()
+            self._seen.clear()
