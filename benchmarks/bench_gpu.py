@@ -459,7 +459,10 @@ def main() -> int:
                     res["error"] = f"{type(e).__name__}: {e}"[:300]
                 if "error" not in res:
                     fwd = lambda p=prob, plan=plan: p.engine(te.run, backward=False, plan=plan)  # noqa: E731
+                    before = dict(te.GRAPHS.stats)
                     res.update(measure(prob, name, fn, args, fwd if is_default else None))
+                    if plan.graph:  # whether the timed calls replayed (they should, after warm-up)
+                        res["graph_calls"] = {k: v - before.get(k, 0) for k, v in te.GRAPHS.stats.items()}
                 res["plan"] = dataclasses.asdict(plan)
                 res["default"] = is_default
                 row["impls"].append(res)

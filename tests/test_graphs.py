@@ -67,15 +67,25 @@ def test_keys_are_apart_and_the_least_recently_used_graph_goes_first():
     assert graphs.run(("c",), launches, CPU) == "eager"
 
 
-def test_a_failed_capture_warns_once_and_runs_every_later_call_eagerly():
-    graphs = FakeGraphs(fail=True)
+def test_a_call_whose_capture_fails_runs_eagerly_and_repeated_failures_stop_all_captures():
+    graphs = FakeGraphs(fail=True)  # max_failures = 3
     calls, launches = _counting_launches()
-    graphs.run(("k",), launches, CPU)
-    with pytest.warns(RuntimeWarning, match="capturing a CUDA graph failed.*eagerly"):
-        assert graphs.run(("k",), launches, CPU) == "eager"
-    assert not graphs.enabled and len(calls) == 2  # the call whose capture failed still ran
-    assert graphs.run(("k",), launches, CPU) == "eager"
-    assert len(calls) == 3
+    graphs.run(("a",), launches, CPU)
+    with pytest.warns(RuntimeWarning, match="capturing a CUDA graph failed.*this call runs eagerly"):
+        assert graphs.run(("a",), launches, CPU) == "eager"
+    assert len(calls) == 2  # the call whose capture failed still ran
+    assert graphs.run(("a",), launches, CPU) == "eager" and graphs.failures == 1  # not retried
+    graphs.fail = False
+    graphs.run(("b",), launches, CPU)
+    assert graphs.run(("b",), launches, CPU) == "captured"  # other calls still capture
+    graphs.fail = True
+    with pytest.warns(RuntimeWarning, match="calls run eagerly from now on"):
+        for key in ("c", "d"):
+            graphs.run((key,), launches, CPU)
+            graphs.run((key,), launches, CPU)
+    assert graphs.failures == 3 and not graphs.enabled
+    assert graphs.run(("b",), launches, CPU) == "eager"  # every call, now
+    assert len(calls) == 10
 
 
 def test_devices_that_cannot_capture_always_run_eagerly():

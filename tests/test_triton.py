@@ -651,14 +651,14 @@ def test_graph_keys_name_every_tensor_a_call_launches_on(monkeypatch, mode, path
         torch.autograd.grad(fin, leaves, ups[1:])
     else:
         torch.autograd.grad([out, *fin], leaves, ups)
-    assert [key[3] for key, _ in calls] == ["fwd", "bwd"]
+    assert [key[4] for key, _ in calls] == ["fwd", "bwd"]
     for key, touched in calls:
         keyed = [_span(*p[1:4], p[4].itemsize) for p in key if isinstance(p, tuple) and p[:1] == ("tensor",)]
         assert len(touched) > 5
         for t in touched:
             lo, hi = _span(t.data_ptr(), t.shape, t.stride(), t.element_size())
             assert any(a <= lo and hi <= b for a, b in keyed), (
-                f"{key[3]}: a launch reaches a tensor the key does not name: {tuple(t.shape)} {t.dtype}"
+                f"{key[4]}: a launch reaches a tensor the key does not name: {tuple(t.shape)} {t.dtype}"
             )
 
 

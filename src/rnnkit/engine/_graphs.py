@@ -34,13 +34,14 @@ __all__ = ["CallGraphs", "call_key"]
 
 
 def call_key(*parts: Any) -> tuple:
-    """A hashable key naming a call's arguments: each tensor by its address, shape, strides, dtype
-    and device (what a captured launch bakes in), anything else by value."""
+    """A hashable key naming a call's arguments: each tensor by its address, shape, strides and
+    dtype (what a captured launch bakes in), anything else by value. Built on every call of a
+    graph plan, so kept cheap: the caller names the device once."""
     return tuple(
-        ("tensor", p.data_ptr(), tuple(p.shape), p.stride(), p.dtype, p.device)
-        if isinstance(p, Tensor)
-        else p
-        for p in parts
+        [
+            ("tensor", p.data_ptr(), p.shape, p.stride(), p.dtype) if isinstance(p, Tensor) else p
+            for p in parts
+        ]
     )
 
 
@@ -54,21 +55,25 @@ def _remember(cache: OrderedDict, key: tuple, value: Any, capacity: int) -> None
 class CallGraphs:
     """Runs a call's launches eagerly, or as a CUDA graph once its key repeats.
 
-    ``capacity`` graphs are kept (least recently used dropped first), all in one memory pool per
-    device: they are only ever replayed one after another on a stream, so what one leaves in the
-    pool (the library's workspace) the next may reuse. ``stats`` counts what each call did.
+    ``capacity`` graphs are kept (least recently used dropped first), in one memory pool per
+    device and stream they replay on: graphs replayed on one stream run one after another, so
+    what one leaves in the pool (the library's workspace) the next may reuse. A call whose
+    capture fails runs eagerly from then on (with a warning, the first time); after
+    ``max_failures`` such calls every call does. ``stats`` counts what each call did.
     """
 
-    def __init__(self, capacity: int = 16) -> None:
+    def __init__(self, capacity: int = 16, max_failures: int = 3) -> None:
         self.capacity = capacity
+        self.max_failures = max_failures
         self.enabled = True
+        self.failures = 0
         self.stats: Counter[str] = Counter()
         self._graphs: OrderedDict[tuple, Any] = OrderedDict()
-        self._seen: OrderedDict[tuple, None] = OrderedDict()
+        self._seen: OrderedDict[tuple, str] = OrderedDict()  # "seen" once, or "failed" to capture
         self._lock = threading.Lock()  # autograd runs backward calls on another thread
         self._local = threading.local()  # whether this thread is capturing
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
-        self._pools: dict[torch.device, Any] = {}
+        self._pools: dict[tuple, Any] = {}
 
     def run(self, key: tuple, launches: Callable[[], None], device: torch.device) -> str:
         """Run ``launches`` (one call's launches, on the current stream) for ``key``: replay its
@@ -88,23 +93,29 @@ class CallGraphs:
                 self._graphs.move_to_end(key)
             first = graph is None and key not in self._seen
             if first:
-                _remember(self._seen, key, None, 4 * self.capacity)
+                _remember(self._seen, key, "seen", 4 * self.capacity)
+            failed = self._seen.get(key) == "failed"
         if graph is not None:
             graph.replay()
             return "replayed"
-        if first:
+        if first or failed:
             launches()
             return "eager"
         try:
             graph = self.capture(launches, device)
         except Exception as e:  # a driver or library call the capture cannot take
-            self.enabled = False
-            warnings.warn(
-                f"triton engine: capturing a CUDA graph failed ({type(e).__name__}: {e}); its calls "
-                "run eagerly from now on",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            with self._lock:
+                self._seen[key] = "failed"  # this call runs eagerly from now on
+                self.failures += 1
+                if self.failures >= self.max_failures:
+                    self.enabled = False
+            if self.failures == 1 or not self.enabled:
+                warnings.warn(
+                    f"triton engine: capturing a CUDA graph failed ({type(e).__name__}: {e}); "
+                    + ("calls run eagerly from now on" if not self.enabled else "this call runs eagerly"),
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
             launches()
             return "eager"
         with self._lock:
@@ -125,13 +136,14 @@ class CallGraphs:
     def capture(self, launches: Callable[[], None], device: torch.device) -> Any:
         """A CUDA graph of ``launches``, captured on a side stream (the legacy default stream
         cannot be captured) that waits for the current stream's work first."""
+        current = torch.cuda.current_stream(device)
         with self._lock:
             if device not in self._streams:
                 self._streams[device] = torch.cuda.Stream(device)
-                self._pools[device] = torch.cuda.graph_pool_handle()
-            stream, pool = self._streams[device], self._pools[device]
+            stream = self._streams[device]
+            # graphs replayed on one stream run one after another, so they may share a pool
+            pool = self._pools.setdefault((device, current.cuda_stream), torch.cuda.graph_pool_handle())
         graph = torch.cuda.CUDAGraph()
-        current = torch.cuda.current_stream(device)
         stream.wait_stream(current)
         with torch.cuda.stream(stream):
             # not torch.cuda.graph(): it empties the allocator's cache first, so the next calls'

@@ -48,7 +48,6 @@ from ._graphs import CallGraphs, call_key
 from .common import LayerWeights, State
 
 try:
-    import triton
     from triton.runtime.interpreter import InterpretedFunction
 
     from . import triton_kernels as K
@@ -500,8 +499,8 @@ def _blocks_per_program(n_hblocks: int, n_btiles: int) -> tuple[int, int]:
     programs as fit one wave on the GPU. Under the interpreter one program per tile, which walks
     every block (its programs run one after another, so none may wait for another)."""
     n_hp = 1 if INTERPRETED else max(1, min(n_hblocks, _sm_count() // n_btiles))
-    hb = triton.cdiv(n_hblocks, n_hp)
-    return hb, triton.cdiv(n_hblocks, hb)
+    hb = _cdiv(n_hblocks, n_hp)
+    return hb, _cdiv(n_hblocks, hb)
 
 
 #: Whether the barrier paths launch cooperatively (CUDA guarantees every program of a cooperative
@@ -554,7 +553,7 @@ def _replayable(plan: Plan, launches, *key_parts) -> None:
         return
     device = next(p for p in key_parts if isinstance(p, Tensor)).device
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
-    key = call_key(plan, torch.backends.cudnn.allow_tf32, stream, *key_parts)
+    key = call_key(plan, torch.backends.cudnn.allow_tf32, device, stream, *key_parts)
     GRAPHS.run(key, launches, device)
 
 
@@ -589,7 +588,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
     cs = torch.empty(T, B, H, dtype=dt, device=dev) if mode == "lstm" else out
     save = xg if mode != "rnn" else out  # activations over the projections
     c0 = c0 if c0 is not None else h0
-    n_btiles = triton.cdiv(B, plan.block_b)
+    n_btiles = _cdiv(B, plan.block_b)
     # the recurrent product's weights: half_w reads them in float16 (see Plan)
     w_rec = torch.empty_like(w_hh, dtype=torch.float16) if plan.half_w else w_hh
     state = {}  # path-specific buffers
@@ -603,7 +602,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
             state["gh"] = torch.empty(B, _gate_width(mode) * H, dtype=dt, device=dev)  # gate buffer rows
         else:
             state["hbuf"] = torch.empty(2, B, H, dtype=w_rec.dtype, device=dev)  # h between programs
-            n_h = triton.cdiv(H, plan.block_h)
+            n_h = _cdiv(H, plan.block_h)
             state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_h)]
     else:
         hbuf = torch.empty(2, B, H, dtype=torch.float32, device=dev)
@@ -611,7 +610,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
         cn = torch.empty(B, H, dtype=torch.float32, device=dev) if mode == "lstm" else hbuf
         hn = hbuf[T % 2]
         if plan.path == "persistent":
-            hb, n_hp = _blocks_per_program(triton.cdiv(H, plan.block_h), n_btiles)
+            hb, n_hp = _blocks_per_program(_cdiv(H, plan.block_h), n_btiles)
             state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_hp)]
         else:
             state["bar"] = _barrier(n_btiles, dev)
@@ -652,7 +651,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
             )  # fmt: skip
         elif plan.path == "gemm":
             gh = state["gh"]
-            grid = (n_btiles, triton.cdiv(H, plan.block_h))
+            grid = (n_btiles, _cdiv(H, plan.block_h))
             common = dict(
                 BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, **_launch(plan), **_cell_flags(mode, nonlinearity)
             )
@@ -674,7 +673,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
                 else:
                     _launch_synced(K.fwd_split_kernel, grid, *args, 0, T, B, H, n_h, 1, **common)
         else:
-            n_hblocks = triton.cdiv(H, plan.block_h)
+            n_hblocks = _cdiv(H, plan.block_h)
             common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **_launch(plan))
             args = (xg, w_hh, b_hn, lens, state["hbuf"], cn, out, cs, save)
             if plan.path == "persistent":
@@ -766,16 +765,16 @@ class _TritonLayer(torch.autograd.Function):
         dcn = torch.empty_like(dhn)
         dh0 = torch.empty_like(dhn)
         dc0 = torch.empty_like(dhn) if plan.path == "resident" else dcn
-        n_btiles = triton.cdiv(B, plan.block_b)
+        n_btiles = _cdiv(B, plan.block_b)
         state = {}  # path-specific buffers
         if plan.path == "gemm":
             state["rec"] = torch.empty(B, H, dtype=dt, device=dev)  # the recurrent gradient
             state["part"] = torch.empty(B, H, dtype=dt, device=dev)  # dh0's products
         elif plan.path == "split":
-            n_h = triton.cdiv(H, plan.block_h)
+            n_h = _cdiv(H, plan.block_h)
             state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_h)]
         elif plan.path == "persistent":
-            hb, n_hp = _blocks_per_program(triton.cdiv(H, plan.block_h), n_btiles)
+            hb, n_hp = _blocks_per_program(_cdiv(H, plan.block_h), n_btiles)
             state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_hp)]
         elif plan.path == "stepwise":
             state["bar"] = _barrier(n_btiles, dev)
@@ -809,7 +808,7 @@ class _TritonLayer(torch.autograd.Function):
                 )  # fmt: skip
             elif plan.path == "gemm":
                 rec = state["rec"]
-                grid = (n_btiles, triton.cdiv(H, plan.block_h))
+                grid = (n_btiles, _cdiv(H, plan.block_h))
                 common = dict(
                     BLOCK_B=plan.block_b,
                     BLOCK_H=plan.block_h,
@@ -843,7 +842,7 @@ class _TritonLayer(torch.autograd.Function):
                     else:
                         _launch_synced(K.bwd_split_kernel, grid, *args, T, 0, T, B, H, n_h, 1, 1, **common)
             else:
-                n_hblocks = triton.cdiv(H, plan.block_h)
+                n_hblocks = _cdiv(H, plan.block_h)
                 blocks = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
                 common = dict(**blocks, **_launch(plan))
                 args = (w_hh, h0, c0, lens, out, cs, save, dout, dhn, dcn, dg, dh0)
