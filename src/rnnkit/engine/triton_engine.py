@@ -247,7 +247,7 @@ def w16_plan(mode: str, batch: int, hidden_size: int) -> Plan | None:
 
 
 def graph_plan(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan:
-    """The ``gemm`` plan whose time loops replay as CUDA graphs (``Plan.graph``): each step one
+    """The ``gemm`` plan whose calls replay as CUDA graphs (``Plan.graph``): each step one
     library matrix product and one cell kernel, without the host's launch work. Meant for steps
     that are real matrix products (B = 256, H = 1024: about 2 GFLOP a step), where the one-launch
     ``persistent`` kernels' mma.sync products fall behind cuBLAS."""
