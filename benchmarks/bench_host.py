@@ -55,7 +55,7 @@ class _NoOpKernel:
 
 
 class _Eager:
-    def run(self, key, launches, device) -> str:
+    def run(self, key, launches, device, family="") -> str:
         launches()
         return "eager"
 
@@ -63,7 +63,7 @@ class _Eager:
 class _Replayed:
     """A replay that costs the host nothing: what is left is the host's work outside the launches."""
 
-    def run(self, key, launches, device) -> str:
+    def run(self, key, launches, device, family="") -> str:
         return "replayed"
 
 

@@ -67,25 +67,27 @@ def test_keys_are_apart_and_the_least_recently_used_graph_goes_first():
     assert graphs.run(("c",), launches, CPU) == "eager"
 
 
-def test_a_call_whose_capture_fails_runs_eagerly_and_repeated_failures_stop_all_captures():
+def test_a_call_whose_capture_fails_runs_eagerly_and_repeated_failures_retire_its_family():
     graphs = FakeGraphs(fail=True)  # max_failures = 3
     calls, launches = _counting_launches()
-    graphs.run(("a",), launches, CPU)
+    graphs.run(("a",), launches, CPU, "split")
     with pytest.warns(RuntimeWarning, match="capturing a CUDA graph failed.*this call runs eagerly"):
-        assert graphs.run(("a",), launches, CPU) == "eager"
+        assert graphs.run(("a",), launches, CPU, "split") == "eager"
     assert len(calls) == 2  # the call whose capture failed still ran
-    assert graphs.run(("a",), launches, CPU) == "eager" and graphs.failures == 1  # not retried
-    graphs.fail = False
-    graphs.run(("b",), launches, CPU)
-    assert graphs.run(("b",), launches, CPU) == "captured"  # other calls still capture
-    graphs.fail = True
-    with pytest.warns(RuntimeWarning, match="calls run eagerly from now on"):
+    assert graphs.run(("a",), launches, CPU, "split") == "eager"
+    assert graphs.failures["split"] == 1  # not retried
+    with pytest.warns(RuntimeWarning, match="calls of family 'split' run eagerly from now on"):
         for key in ("c", "d"):
-            graphs.run((key,), launches, CPU)
-            graphs.run((key,), launches, CPU)
-    assert graphs.failures == 3 and not graphs.enabled
-    assert graphs.run(("b",), launches, CPU) == "eager"  # every call, now
-    assert len(calls) == 10
+            graphs.run((key,), launches, CPU, "split")
+            graphs.run((key,), launches, CPU, "split")
+    graphs.fail = False
+    graphs.run(("e",), launches, CPU, "split")
+    assert graphs.run(("e",), launches, CPU, "split") == "eager"  # the family is retired
+    graphs.run(("b",), launches, CPU, "gemm")
+    assert graphs.run(("b",), launches, CPU, "gemm") == "captured"  # other families still capture
+    graphs.enabled = False
+    assert graphs.run(("b",), launches, CPU, "gemm") == "eager"  # the switch for every call
+    assert len(calls) == 12  # every call ran once, whatever happened
 
 
 def test_devices_that_cannot_capture_always_run_eagerly():

@@ -622,7 +622,7 @@ def test_graph_keys_name_every_tensor_a_call_launches_on(monkeypatch, mode, path
     calls = []  # (key, tensors the call's launches reached)
 
     class Recording:
-        def run(self, key, launches, device):
+        def run(self, key, launches, device, family=""):
             calls.append((key, []))
             with _Touches(calls[-1][1]):
                 launches()

@@ -59,14 +59,15 @@ class CallGraphs:
     device and stream they replay on: graphs replayed on one stream run one after another, so
     what one leaves in the pool (the library's workspace) the next may reuse. A call whose
     capture fails runs eagerly from then on (with a warning, the first time); after
-    ``max_failures`` such calls every call does. ``stats`` counts what each call did.
+    ``max_failures`` such calls of one family every call of that family does. ``stats`` counts
+    what each call did.
     """
 
     def __init__(self, capacity: int = 16, max_failures: int = 3) -> None:
         self.capacity = capacity
         self.max_failures = max_failures
-        self.enabled = True
-        self.failures = 0
+        self.enabled = True  # False: every call runs eagerly
+        self.failures: Counter[str] = Counter()  # failed captures, by family
         self.stats: Counter[str] = Counter()
         self._graphs: OrderedDict[tuple, Any] = OrderedDict()
         self._seen: OrderedDict[tuple, str] = OrderedDict()  # "seen" once, or "failed" to capture
@@ -75,16 +76,19 @@ class CallGraphs:
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._pools: dict[tuple, Any] = {}
 
-    def run(self, key: tuple, launches: Callable[[], None], device: torch.device) -> str:
+    def run(self, key: tuple, launches: Callable[[], None], device: torch.device, family: str = "") -> str:
         """Run ``launches`` (one call's launches, on the current stream) for ``key``: replay its
-        graph, capture one on the key's second sighting, or run it eagerly. Returns which of
-        ``"replayed"``, ``"captured"`` (and replayed) or ``"eager"`` happened."""
-        how = self._run(key, launches, device)
+        graph, capture one on the key's second sighting, or run it eagerly. ``family`` groups
+        calls whose captures stand or fall together (the engine: the plan's path, so a capture
+        refusing the barrier paths' cooperative launches leaves the other paths their graphs).
+        Returns which of ``"replayed"``, ``"captured"`` (and replayed) or ``"eager"`` happened."""
+        how = self._run(key, launches, device, family)
         self.stats[how] += 1
         return how
 
-    def _run(self, key: tuple, launches: Callable[[], None], device: torch.device) -> str:
-        if not (self.enabled and self.capturable(device)):
+    def _run(self, key: tuple, launches: Callable[[], None], device: torch.device, family: str) -> str:
+        retired = self.failures[family] >= self.max_failures
+        if retired or not (self.enabled and self.capturable(device)):
             launches()
             return "eager"
         with self._lock:
@@ -106,13 +110,13 @@ class CallGraphs:
         except Exception as e:  # a driver or library call the capture cannot take
             with self._lock:
                 self._seen[key] = "failed"  # this call runs eagerly from now on
-                self.failures += 1
-                if self.failures >= self.max_failures:
-                    self.enabled = False
-            if self.failures == 1 or not self.enabled:
+                self.failures[family] += 1
+                count = self.failures[family]
+            if count in (1, self.max_failures):
+                scope = "this call runs" if count == 1 else f"calls of family {family!r} run"
                 warnings.warn(
                     f"triton engine: capturing a CUDA graph failed ({type(e).__name__}: {e}); "
-                    + ("calls run eagerly from now on" if not self.enabled else "this call runs eagerly"),
+                    f"{scope} eagerly from now on",
                     RuntimeWarning,
                     stacklevel=4,
                 )

@@ -554,7 +554,7 @@ def _replayable(plan: Plan, launches, *key_parts) -> None:
     device = next(p for p in key_parts if isinstance(p, Tensor)).device
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
     key = call_key(plan, torch.backends.cudnn.allow_tf32, device, stream, *key_parts)
-    GRAPHS.run(key, launches, device)
+    GRAPHS.run(key, launches, device, family=plan.path)
 
 
 def _launch(plan: Plan) -> dict:
