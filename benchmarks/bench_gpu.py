@@ -474,6 +474,8 @@ def main() -> int:
     payload = save()
     args.out.with_suffix(".md").write_text(to_markdown(payload))
     _print_table(payload["rows"])
+    for line in variant_summary(payload["rows"]):
+        print(line)
     print(f"\nwrote {args.out} ({payload['elapsed_s']} s; {len(skipped)} point-passes skipped for time)")
     return 0
 
@@ -551,6 +553,37 @@ def _print_table(rows: list[dict]) -> None:
         )
 
 
+def variant_summary(rows: list[dict]) -> list[str]:
+    """One line per Triton variant timed beside the default: at how many points it beat the
+    default, its median time relative to the default's, and at how many points where the default
+    misses the issue's target it would meet it (what the next default should be decided on)."""
+    stats: dict[str, dict] = {}
+    for row in rows:
+        default = next((r for r in row["impls"] if r.get("default") and "us_per_step" in r), None)
+        cudnn = _impl(row, "cudnn")
+        if default is None or cudnn is None:
+            continue
+        target = target_ratio(cudnn["us_per_step"], row["B"], row["H"])
+        for r in row["impls"]:
+            if not r["impl"].startswith("triton:") or r.get("default") or "us_per_step" not in r:
+                continue
+            st = stats.setdefault(r["impl"], {"points": 0, "faster": 0, "rel": [], "rescued": 0, "eager": 0})
+            rel = r["us_per_step"] / default["us_per_step"]
+            st["points"] += 1
+            st["faster"] += rel < 1.0
+            st["rel"].append(rel)
+            missed = default["us_per_step"] / cudnn["us_per_step"] > target
+            st["rescued"] += missed and r["us_per_step"] / cudnn["us_per_step"] <= target
+            st["eager"] += r.get("graph_calls", {}).get("eager", 0)
+    return [
+        f"{name.removeprefix('triton:')}: faster than the default at {st['faster']} of {st['points']} "
+        f"points, median time {statistics.median(st['rel']):.2f}x the default's, meets the target at "
+        f"{st['rescued']} points where the default misses it"
+        + (f"; {st['eager']} calls ran eagerly" if name.endswith("graph") else "")
+        for name, st in stats.items()
+    ]
+
+
 def to_markdown(payload: dict) -> str:
     """The run as a Markdown table: every implementation timed, the default's ratio to cuDNN
     against the issue's target, peak memory against cuDNN's."""
@@ -605,6 +638,9 @@ def to_markdown(payload: dict) -> str:
             + (f" {row['ratio_auto']:.2f}" if "ratio_auto" in row else "")
             + " |"
         )
+    summary = variant_summary(payload["rows"])
+    if summary:
+        lines += ["", "Variants against the default:", ""] + [f"- {line}" for line in summary]
     return "\n".join(lines) + "\n"
 
 
