@@ -29,6 +29,7 @@ import platform
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -556,7 +557,9 @@ def _print_table(rows: list[dict]) -> None:
 def variant_summary(rows: list[dict]) -> list[str]:
     """One line per Triton variant timed beside the default: at how many points it beat the
     default, its median time relative to the default's, and at how many points where the default
-    misses the issue's target it would meet it (what the next default should be decided on)."""
+    misses the issue's target it would meet it (what the next default should be decided on); for
+    graph variants, how their calls ran (the first two of each timing are warm-up: one eager,
+    one captured; the timed ones should all replay)."""
     stats: dict[str, dict] = {}
     for row in rows:
         default = next((r for r in row["impls"] if r.get("default") and "us_per_step" in r), None)
@@ -567,19 +570,25 @@ def variant_summary(rows: list[dict]) -> list[str]:
         for r in row["impls"]:
             if not r["impl"].startswith("triton:") or r.get("default") or "us_per_step" not in r:
                 continue
-            st = stats.setdefault(r["impl"], {"points": 0, "faster": 0, "rel": [], "rescued": 0, "eager": 0})
+            st = stats.setdefault(
+                r["impl"], {"points": 0, "faster": 0, "rel": [], "rescued": 0, "calls": Counter()}
+            )
             rel = r["us_per_step"] / default["us_per_step"]
             st["points"] += 1
             st["faster"] += rel < 1.0
             st["rel"].append(rel)
             missed = default["us_per_step"] / cudnn["us_per_step"] > target
             st["rescued"] += missed and r["us_per_step"] / cudnn["us_per_step"] <= target
-            st["eager"] += r.get("graph_calls", {}).get("eager", 0)
+            st["calls"].update(r.get("graph_calls", {}))
     return [
         f"{name.removeprefix('triton:')}: faster than the default at {st['faster']} of {st['points']} "
         f"points, median time {statistics.median(st['rel']):.2f}x the default's, meets the target at "
         f"{st['rescued']} points where the default misses it"
-        + (f"; {st['eager']} calls ran eagerly" if name.endswith("graph") else "")
+        + (
+            "; calls (warm-up included): " + ", ".join(f"{n} {how}" for how, n in sorted(st["calls"].items()))
+            if st["calls"]
+            else ""
+        )
         for name, st in stats.items()
     ]
 

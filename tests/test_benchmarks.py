@@ -1,0 +1,52 @@
+"""The GPU benchmark runs end to end on the CPU (Triton's interpreter, ``torch.cuda`` faked).
+
+A session's GPU minutes are few; a Python error in ``benchmarks/bench_gpu.py`` found there is
+minutes lost. ``benchmarks/bench_gpu_dryrun.py`` runs its whole ``main()`` on tiny points, in a
+subprocess (it replaces ``torch.cuda``'s functions, which must not leak into other tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_gpu_runs_every_variant_the_next_gpu_call_times(tmp_path):
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu_dryrun.py"), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    rows = payload["rows"]
+    assert {(r["mode"], r["dtype"]) for r in rows} == {
+        (m, d) for m in ("lstm", "gru", "rnn") for d in ("fp32", "bf16")
+    }
+    timed = {}
+    for row in rows:
+        for impl in row["impls"]:
+            assert "error" not in impl, (row["mode"], row["dtype"], row["B"], impl)
+            timed.setdefault(impl["impl"], []).append(impl)
+            if impl["impl"].startswith("triton:"):
+                assert impl["rel_err_vs_cudnn"] < 5e-2, impl  # the variant computes the same thing
+    assert {"cudnn", "native", "triton:w16", "triton:graph", "triton:gemm_graph"} <= set(timed)
+    for impl in timed["triton:graph"] + timed["triton:gemm_graph"]:
+        assert sum(impl["graph_calls"].values()) >= 8  # recorded (all eager without CUDA)
+    assert all(impl["plan"]["half_w"] for impl in timed["triton:w16"])
+    markdown = out.with_suffix(".md").read_text()
+    assert "Variants against the default:" in markdown and "- gemm_graph: faster than" in markdown
+    assert "gemm_graph: faster than the default" in proc.stdout
