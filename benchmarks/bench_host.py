@@ -7,13 +7,17 @@ by a no-op (under ``TRITON_INTERPRET=1``, on tiny CPU tensors), and reports per 
 - ``eager_us``: one forward + backward as the engine runs it now;
 - ``outside_us``: the same with each call's launches skipped, which is what is left of the host's
   work when a CUDA graph replays them (``Plan.graph``; a real replay adds a few µs);
+- ``floor_us``: the anchor, a no-op autograd function over the same tensors (outputs and
+  gradients allocated, nothing else): what any Python-level autograd function costs here, so
+  ``outside_us - floor_us`` is the engine's own work;
 - ``launches``: the aten ops in a call that launch a GPU kernel (views, ``empty`` and no-op
   casts left out), plus the Triton kernel launches, at ``T`` = 1 (the ``gemm`` path launches a
   product and a kernel per step and direction; under the interpreter the split backward launches
   twice where a GPU launches once).
 
-Medians of repeats after warm-up, one thread, the best of five alternating rounds. Timings on
-a shared 2-core VM still move by tens of percent between runs; the launch counts do not.
+Medians of repeats after warm-up, one thread, the best of five rounds spread over the run. Timings
+on a shared 2-core VM still move between runs, by less than the medians do; the launch counts do
+not.
 
     PYTHONPATH=src python benchmarks/bench_host.py
 """
@@ -68,6 +72,22 @@ class _Replayed:
         return "replayed"
 
 
+class _Floor(torch.autograd.Function):
+    """The least a Python autograd function over a layer's tensors costs: it allocates the outputs
+    and the gradients the engine returns, and computes nothing."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        T, B, _ = x.shape
+        out = x.new_empty(T, B, w_hh.shape[1])
+        return (out, torch.empty_like(h0)) + ((torch.empty_like(c0),) if c0 is not None else ())
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return tuple(None if t is None else torch.empty_like(t) for t in ctx.saved_tensors)
+
+
 def _median_us(fn, repeats: int) -> float:
     for _ in range(max(10, repeats // 10)):
         fn()
@@ -79,75 +99,101 @@ def _median_us(fn, repeats: int) -> float:
     return 1e6 * statistics.median(times)
 
 
-def measure(mode: str, path: str, dtype: torch.dtype, repeats: int) -> dict:
-    # tiny: the host's work does not depend on the sizes, except the launches a step of the gemm
-    # path (and, under the interpreter only, of the split path, which a GPU launches once): T = 1
-    B, T, I, H = 4, 1, 16, 16
-    G = te.NUM_GATES[mode] * H
-    g = torch.Generator().manual_seed(0)
+class Case:
+    """One plan's forward + backward on tiny CPU tensors, and the no-op anchor on the same ones."""
 
-    def leaf(*shape):
-        return torch.randn(*shape, generator=g).to(dtype).requires_grad_()
+    def __init__(self, mode: str, path: str, dtype: torch.dtype) -> None:
+        # tiny: the host's work does not depend on the sizes, except the launches a step of the
+        # gemm path (and, under the interpreter only, of the split path, which a GPU launches
+        # once): T = 1
+        B, T, I, H = 4, 1, 16, 16
+        G = te.NUM_GATES[mode] * H
+        g = torch.Generator().manual_seed(0)
 
-    x = leaf(T, B, I)
-    state = tuple(leaf(B, H) for _ in range(2 if mode == "lstm" else 1))
-    weights = LayerWeights(leaf(G, I), leaf(G, H), leaf(G), leaf(G))
-    ups = [torch.randn(T, B, H).to(dtype)] + [torch.randn(B, H).to(dtype) for _ in state]
-    leaves = [x, *state, *weights]
-    plan = dataclasses.replace(te.plan_for(mode, B, H, dtype, path), graph=True)
+        def leaf(*shape):
+            return torch.randn(*shape, generator=g).to(dtype).requires_grad_()
 
-    def call():
-        out, fin = te.run(mode, x, state, weights, None, "tanh", plan=plan)
-        torch.autograd.grad([out, *fin], leaves, ups)
+        self.mode, self.path, self.dtype = mode, path, dtype
+        self.x = leaf(T, B, I)
+        self.state = tuple(leaf(B, H) for _ in range(2 if mode == "lstm" else 1))
+        self.weights = LayerWeights(leaf(G, I), leaf(G, H), leaf(G), leaf(G))
+        self.ups = [torch.randn(T, B, H).to(dtype)] + [torch.randn(B, H).to(dtype) for _ in self.state]
+        self.leaves = [self.x, *self.state, *self.weights]
+        self.plan = dataclasses.replace(te.plan_for(mode, B, H, dtype, path), graph=True)
+        self.best = {"eager_us": float("inf"), "outside_us": float("inf"), "floor_us": float("inf")}
 
-    # alternate the two, five rounds each, and keep each one's best median: on a shared VM the
-    # load moves the medians by tens of percent between rounds
-    eager = outside = float("inf")
-    for _ in range(5):
+    def call(self) -> None:
+        out, fin = te.run(self.mode, self.x, self.state, self.weights, None, "tanh", plan=self.plan)
+        torch.autograd.grad([out, *fin], self.leaves, self.ups)
+
+    def floor(self) -> None:
+        c0 = self.state[1] if self.mode == "lstm" else None
+        out, *fin = _Floor.apply(self.x, self.state[0], c0, *self.weights)
+        torch.autograd.grad([out, *fin], self.leaves, self.ups)
+
+    def round(self, repeats: int) -> None:
+        """One median of each measurement, each kept if it is the best so far."""
+        for name, graphs, fn in (
+            ("eager_us", _Eager(), self.call),
+            ("outside_us", _Replayed(), self.call),
+            ("floor_us", None, self.floor),
+        ):
+            te.GRAPHS = graphs or _Eager()
+            self.best[name] = min(self.best[name], _median_us(fn, repeats))
         te.GRAPHS = _Eager()
-        eager = min(eager, _median_us(call, repeats // 5))
-        te.GRAPHS = _Replayed()
-        outside = min(outside, _median_us(call, repeats // 5))
-    te.GRAPHS = _Eager()
-    _LAUNCHED.clear()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        call()
 
-    def top_level(e) -> bool:  # an aten op not called by another one
-        return e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")
+    def launches(self) -> int:
+        _LAUNCHED.clear()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            self.call()
 
-    top = [e.name for e in prof.events() if e.name.startswith("aten::") and top_level(e)]
-    launches = sum(1 for n in top if n not in NO_LAUNCH) + len(_LAUNCHED)
-    return {
-        "mode": mode,
-        "path": path,
-        "dtype": str(dtype).removeprefix("torch."),
-        "eager_us": round(eager, 1),
-        "outside_us": round(outside, 1),
-        "launches": launches,
-    }
+        def top_level(e) -> bool:  # an aten op not called by another one
+            return e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")
+
+        top = [e.name for e in prof.events() if e.name.startswith("aten::") and top_level(e)]
+        return sum(1 for n in top if n not in NO_LAUNCH) + len(_LAUNCHED)
+
+    def row(self) -> dict:
+        return {
+            "mode": self.mode,
+            "path": self.path,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            **{k: round(v, 1) for k, v in self.best.items()},
+            "launches": self.launches(),
+        }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=500, help="calls timed per measurement, over all rounds")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "host.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     for name in dir(te.K):
         if name.endswith("_kernel"):
             setattr(te.K, name, _NoOpKernel())
+    cases = [
+        Case(mode, path, dtype)
+        for mode in ("lstm", "gru", "rnn")
+        for dtype in (torch.float32, torch.bfloat16)
+        for path in ("resident", "split", "persistent", "gemm")
+    ]
+    # each case's rounds are spread over the whole run, each keeping its best median: on a shared
+    # VM the load moves medians by tens of percent for seconds at a time
+    for _ in range(args.rounds):
+        for case in cases:
+            case.round(args.repeats // args.rounds)
     rows = []
-    for mode in ("lstm", "gru", "rnn"):
-        for dtype in (torch.float32, torch.bfloat16):
-            for path in ("resident", "split", "persistent", "gemm"):
-                row = measure(mode, path, dtype, args.repeats)
-                rows.append(row)
-                print(
-                    f"{mode:4} {row['dtype']:8} {path:10} eager {row['eager_us']:7.1f} us, "
-                    f"outside the launches {row['outside_us']:7.1f} us, {row['launches']} launches",
-                    flush=True,
-                )
+    for case in cases:
+        row = case.row()
+        rows.append(row)
+        print(
+            f"{row['mode']:4} {row['dtype']:8} {row['path']:10} eager {row['eager_us']:7.1f} us, "
+            f"outside the launches {row['outside_us']:7.1f} us (floor {row['floor_us']:6.1f}), "
+            f"{row['launches']} launches",
+            flush=True,
+        )
     payload = {
         "command": "PYTHONPATH=src python benchmarks/bench_host.py",
         "machine": {

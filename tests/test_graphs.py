@@ -99,10 +99,15 @@ def test_devices_that_cannot_capture_always_run_eagerly():
 
 def test_call_keys_name_tensors_by_memory_and_layout_not_value():
     a = torch.arange(12.0).reshape(3, 4)
-    assert call_key("fwd", a, 3) == call_key("fwd", a, 3)
-    assert call_key(a) != call_key(a.clone())  # same values, other memory
-    assert call_key(a) != call_key(a[:2])  # same address, other shape
-    assert call_key(a) != call_key(a.t())  # same address, other strides
-    assert call_key(a) != call_key(a.view(torch.int32))  # same memory, other dtype
-    assert call_key(a, 1) != call_key(a, 2)
-    hash(call_key("fwd", a, None, 2.5))
+    assert call_key(("fwd", a, 3)) == call_key(("fwd", a, 3))
+    assert call_key((a,)) != call_key((a.clone(),))  # same values, other memory
+    assert call_key((a,)) != call_key((a[:2],))  # same address, other shape
+    assert call_key((a,)) != call_key((a.t(),))  # same address, other strides
+    assert call_key((a,)) != call_key((a.view(torch.int32),))  # same memory, other dtype
+    assert call_key((a, 1)) != call_key((a, 2))
+    hash(call_key(("fwd", a, None, 2.5)))
+    # tensors the call allocated: by address alone (their layouts follow from the given ones)
+    b = torch.zeros(4)
+    assert call_key((a,), (b, None)) == call_key((a,), (b.view(2, 2), None))
+    assert call_key((a,), (b, None)) != call_key((a,), (b.clone(), None))
+    assert call_key((a,), (b, None)) != call_key((a,), (None, b))

@@ -172,6 +172,20 @@ def test_sixty_four_row_batch_tiles(mode, path):
     _check(mode, 70, 4, 3, 24, torch.float32, plan, lengths=lengths)
 
 
+def test_shared_vectors_are_filled_once_reused_and_grown():
+    # lengths past any T and the column sums' ones: shared by calls, so none launches a fill
+    cpu = torch.device("cpu")
+    first = te._shared_full(5, 7, torch.float32, cpu)  # 7: a value no call asks for
+    assert first.shape == (5,) and bool((first == 7).all())
+    again = te._shared_full(3, 7, torch.float32, cpu)
+    assert again.data_ptr() == first.data_ptr() and again.shape == (3,)
+    grown = te._shared_full(1000, 7, torch.float32, cpu)
+    assert grown.shape == (1000,) and bool((grown == 7).all()) and grown.data_ptr() != first.data_ptr()
+    # the smaller one is kept: a kernel on another stream may still read it
+    assert first.data_ptr() in [t.data_ptr() for t in te._SHARED[(7, torch.float32, cpu)]]
+    assert te._shared_full(5, 7, torch.bfloat16, cpu).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("mode, path, B", [("lstm", "split", 20), ("gru", "persistent", 40)])
 def test_barrier_paths_launch_whole_tiles_in_groups_that_fit_the_gpu(monkeypatch, mode, path, B):
     # a GPU of 2 multiprocessors: split (two programs per 16-row tile) launches one tile at a
@@ -618,24 +632,34 @@ def test_graph_keys_name_every_tensor_a_call_launches_on(monkeypatch, mode, path
     key must name every tensor a launch in the call reaches: else a later call over other memory
     could replay into the wrong buffers. And no launch may allocate (memory made inside a capture
     belongs to the graph and is reused by the next replay). Here the launches run eagerly, every
-    aten op and kernel launch recorded (kernels as no-ops: what they compute is tested above)."""
-    calls = []  # (key, tensors the call's launches reached)
+    aten op and kernel launch recorded (kernels as no-ops: what they compute is tested above).
+    The tensors a call allocates itself are keyed by address alone, so their layouts must follow
+    from the rest of the key: the same call again allocates the same layouts."""
+    from rnnkit.engine._graphs import call_key
+
+    calls = []  # (given, owned, tensors the call's launches reached)
+    named = []  # (given, owned) of the key being built
+
+    def recording_key(given, owned=()):
+        named.append((given, owned))
+        return call_key(given, owned)
 
     class Recording:
         def run(self, key, launches, device, family=""):
-            calls.append((key, []))
-            with _Touches(calls[-1][1]):
+            calls.append((*named.pop(), []))
+            with _Touches(calls[-1][2]):
                 launches()
             return "eager"
 
     class Kernel:
         def __getitem__(self, grid):
-            return lambda *args, **kw: calls[-1][1].extend(a for a in args if isinstance(a, torch.Tensor))
+            return lambda *args, **kw: calls[-1][2].extend(a for a in args if isinstance(a, torch.Tensor))
 
     for name in dir(te.K):
         if name.endswith("_kernel"):
             monkeypatch.setattr(te.K, name, Kernel())
     monkeypatch.setattr(te, "GRAPHS", Recording())
+    monkeypatch.setattr(te, "call_key", recording_key)
     B, T, H = 3, 7, 24
     if path == "split_w16":
         plan = dataclasses.replace(te.Plan("split", 16, 16, 16, half_w=True), graph=True)
@@ -645,20 +669,31 @@ def test_graph_keys_name_every_tensor_a_call_launches_on(monkeypatch, mode, path
     if case == "weights only":
         x, state = x.detach(), tuple(s.detach() for s in state)
     leaves = [t for t in (x, *state, *weights) if t is not None and t.requires_grad]
-    out, fin = te.run(mode, x, state, weights, torch.tensor(LENGTHS), plan=plan)
-    ups = [torch.randn_like(t) for t in (out, *fin)]
-    if case == "state only":
-        torch.autograd.grad(fin, leaves, ups[1:])
-    else:
-        torch.autograd.grad([out, *fin], leaves, ups)
-    assert [key[4] for key, _ in calls] == ["fwd", "bwd"]
-    for key, touched in calls:
-        keyed = [_span(*p[1:4], p[4].itemsize) for p in key if isinstance(p, tuple) and p[:1] == ("tensor",)]
+    lengths = torch.tensor(LENGTHS)
+    ups = None
+    for _ in range(2):
+        out, fin = te.run(mode, x, state, weights, lengths, plan=plan)
+        ups = ups or [torch.randn_like(t) for t in (out, *fin)]
+        if case == "state only":
+            torch.autograd.grad(fin, leaves, ups[1:])
+        else:
+            torch.autograd.grad([out, *fin], leaves, ups)
+    assert [given[0] for given, _, _ in calls] == ["fwd", "bwd", "fwd", "bwd"]
+
+    def layout(t):
+        return (t.shape, t.stride(), t.dtype) if isinstance(t, torch.Tensor) else t
+
+    for (given, owned, touched), (again, owned_again, _) in zip(calls[:2], calls[2:], strict=True):
+        # the same kind of call (given layouts alike, some addresses not): owned layouts alike
+        assert [layout(t) for t in given] == [layout(t) for t in again]
+        assert [layout(t) for t in owned] == [layout(t) for t in owned_again]
+        tensors = [t for t in (*given, *owned) if isinstance(t, torch.Tensor)]
+        keyed = [_span(t.data_ptr(), t.shape, t.stride(), t.element_size()) for t in tensors]
         assert len(touched) > 5
         for t in touched:
             lo, hi = _span(t.data_ptr(), t.shape, t.stride(), t.element_size())
             assert any(a <= lo and hi <= b for a, b in keyed), (
-                f"{key[4]}: a launch reaches a tensor the key does not name: {tuple(t.shape)} {t.dtype}"
+                f"{given[0]}: a launch reaches a tensor the key does not name: {tuple(t.shape)} {t.dtype}"
             )
 
 

@@ -33,15 +33,19 @@ from torch import Tensor
 __all__ = ["CallGraphs", "call_key"]
 
 
-def call_key(*parts: Any) -> tuple:
-    """A hashable key naming a call's arguments: each tensor by its address, shape, strides and
-    dtype (what a captured launch bakes in), anything else by value. Built on every call of a
-    graph plan, so kept cheap: the caller names the device once."""
-    return tuple(
-        [
-            ("tensor", p.data_ptr(), p.shape, p.stride(), p.dtype) if isinstance(p, Tensor) else p
-            for p in parts
-        ]
+def call_key(given: tuple, owned: tuple = ()) -> tuple:
+    """A hashable key naming a call's arguments. ``given``: each tensor by its address, shape,
+    strides and dtype (what a captured launch bakes in), anything else by value. ``owned``:
+    tensors the call allocated itself, by address alone, for their shapes, strides and dtypes
+    follow from ``given`` (half the cost of a key: it is built on every call of a graph plan)."""
+    return (
+        tuple(
+            [
+                ("tensor", p.data_ptr(), p.shape, p.stride(), p.dtype) if isinstance(p, Tensor) else p
+                for p in given
+            ]
+        ),
+        tuple([None if t is None else t.data_ptr() for t in owned]),
     )
 
 

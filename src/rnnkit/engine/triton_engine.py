@@ -469,11 +469,13 @@ def _column_sums(a: Tensor, ones: Tensor, out: Tensor) -> None:
 
 
 def _flags(mode: str, nonlinearity: str, dtype: torch.dtype) -> dict:
-    return dict(
-        **_cell_flags(mode, nonlinearity),
-        PRECISION=_precision(dtype),
-        UPCAST=INTERPRETED and dtype == torch.bfloat16,
-    )
+    """The time-loop kernels' compile-time switches (a shared dict: not to be changed)."""
+    return _flags_for(mode, nonlinearity, _precision(dtype), INTERPRETED and dtype == torch.bfloat16)
+
+
+@functools.cache
+def _flags_for(mode: str, nonlinearity: str, precision: str, upcast: bool) -> dict:
+    return dict(**_cell_flags(mode, nonlinearity), PRECISION=precision, UPCAST=upcast)
 
 
 def _hp(hidden_size: int) -> int:
@@ -541,19 +543,42 @@ def _launch_synced(kernel, grid: tuple[int], *args, **kwargs) -> None:
     kernel[grid](*args, **kwargs)
 
 
-def _replayable(plan: Plan, launches, *key_parts) -> None:
+#: Read-only vectors shared by every call that asks, by ``(value, dtype, device)``
+#: (:func:`_shared_full`).
+_SHARED: dict[tuple, list[Tensor]] = {}
+
+
+def _shared_full(n: int, value: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(n,)`` filled with ``value``, shared and never written: lengths past any ``T`` for calls
+    without ``lengths`` (the kernels only compare ``t < lens``), the ones of the bias gradients'
+    column sums. So calls launch no fill, and a graph plan's key sees the same address each call.
+    Grown as sizes grow; the smaller ones are kept, as a kernel on another stream may still read
+    them (at most twice the largest in all)."""
+    kept = _SHARED.setdefault((value, dtype, device), [])
+    if not kept or kept[-1].numel() < n:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            # inside someone's CUDA graph capture: memory made now belongs to their graph
+            return torch.full((n,), value, dtype=dtype, device=device)
+        size = max(n, 2 * kept[-1].numel() if kept else 64)
+        kept.append(torch.full((size,), value, dtype=dtype, device=device))
+        if device.type == "cuda":  # filled before any stream's kernel reads it
+            torch.cuda.current_stream(device).synchronize()
+    return kept[-1][:n]
+
+
+def _replayable(plan: Plan, launches, device: torch.device, given: tuple, owned: tuple) -> None:
     """Run one call's ``launches``: eagerly, or for a ``graph`` plan as a CUDA graph once the
     same call repeats (:mod:`._graphs`). ``launches`` only write tensors allocated before it (a
-    graph replays into the same memory, so nothing it makes may outlive it); ``key_parts`` name
-    every tensor it reaches and every other argument that shapes it. The plan, the precision of
-    fp32 products and the current stream (graphs on one stream share their pool) complete the
-    key."""
+    graph replays into the same memory, so nothing it makes may outlive it). Between them,
+    ``given`` and ``owned`` name every tensor it reaches: ``given`` the caller's tensors and
+    every other argument that shapes the call, ``owned`` the tensors the call allocated, whose
+    layouts ``given`` and the plan decide (:func:`call_key`). The plan, the precision of fp32
+    products and the current stream (graphs on one stream share their pool) complete the key."""
     if not plan.graph:
         launches()
         return
-    device = next(p for p in key_parts if isinstance(p, Tensor)).device
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
-    key = call_key(plan, torch.backends.cudnn.allow_tf32, device, stream, *key_parts)
+    key = (plan, torch.backends.cudnn.allow_tf32, device, stream, call_key(given, owned))
     GRAPHS.run(key, launches, device, family=plan.path)
 
 
@@ -697,9 +722,9 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
                     )
 
     _replayable(
-        plan, launches, "fwd", mode, nonlinearity,
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, bias, b_hn, xg, out, cs, w_rec, hn, cn,
-        *_buffers(state),
+        plan, launches, dev,
+        ("fwd", mode, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens),
+        (bias, b_hn, xg, out, cs, w_rec, hn, cn, *_buffers(state)),
     )  # fmt: skip
     return out, cs, save, hn, cn
 
@@ -786,7 +811,7 @@ class _TritonLayer(torch.autograd.Function):
         dw_hh = torch.empty_like(w_hh) if needs[4] else None
         db_ih = torch.empty_like(b_ih) if b_ih is not None and needs[5] else None
         db_hh = torch.empty_like(b_hh) if b_hh is not None and needs[6] else None
-        ones = torch.empty(T * B, dtype=dt, device=dev) if db_ih is not None or db_hh is not None else None
+        ones = _shared_full(T * B, 1, dt, dev) if db_ih is not None or db_hh is not None else None
         dh0_out = dc0_out = None
         if needs[1]:
             dh0_out = dh0 if h0.dtype == torch.float32 else torch.empty_like(h0)
@@ -882,8 +907,6 @@ class _TritonLayer(torch.autograd.Function):
                         if T > 1:
                             part.addmm_(a[1:].reshape((T - 1) * B, -1).t(), out[:-1].reshape((T - 1) * B, H))
                         row += w.shape[0]
-            if ones is not None:
-                ones.fill_(1)
             if db_ih is not None:
                 _column_sums(dgi2, ones, db_ih)
             if db_hh is not None:
@@ -896,9 +919,10 @@ class _TritonLayer(torch.autograd.Function):
                     result.copy_(value)
 
         _replayable(
-            plan, launches, "bwd", mode, ctx.nonlinearity, needs, dout_given,
-            x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, out, cs, save, dg, dout, dh_n, dc_n, dhn, dcn,
-            dh0, dc0, dx, dw_ih, dw_hh, db_ih, db_hh, ones, dh0_out, dc0_out, *_buffers(state),
+            plan, launches, dev,
+            ("bwd", mode, ctx.nonlinearity, needs, dout_given,
+             x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, out, cs, save, dout, dh_n, dc_n, ones),
+            (dg, dhn, dcn, dh0, dc0, dx, dw_ih, dw_hh, db_ih, db_hh, dh0_out, dc0_out, *_buffers(state)),
         )  # fmt: skip
         return dx, dh0_out, dc0_out, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
 
@@ -937,7 +961,7 @@ def run(
     if T == 0 or B == 0 or H == 0:
         raise ValueError(f"triton engine: expected non-empty T, B and H, got T={T}, B={B}, H={H}")
     if lengths is None:
-        lens = torch.full((B,), T, dtype=torch.int64, device=x.device)
+        lens = _shared_full(B, _INT32_MAX, torch.int64, x.device)
     else:
         lens = lengths.to(device=x.device, dtype=torch.int64).contiguous()
     c0 = state[1] if mode == "lstm" else None
