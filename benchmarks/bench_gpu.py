@@ -12,7 +12,9 @@ magnitude, over the output, final states and every gradient) so a wrong kernel c
     PYTHONPATH=src python benchmarks/bench_gpu.py --quick   # two points, a smoke check
 
 Pass 1 times cuDNN and the Triton default path on every point; pass 2 adds the fused engine and
-the other Triton paths (data for the ``engine="auto"`` policy and the path thresholds). A time
+the other Triton paths (data for the ``engine="auto"`` policy and the path thresholds). Between
+them a probe fits, at a few sizes, each call's time as ``T`` x per step + fixed per call, for
+cuDNN, the default and the default replayed as CUDA graphs, with the host's time per call. A time
 budget (``--budget-s``) skips what does not fit and says so. Writes ``benchmarks/results/gpu.json``
 (``--out``) and prints a table.
 """
@@ -161,6 +163,95 @@ def peak_mib(fn) -> float:
     torch.cuda.synchronize()
     del res
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+#: Where the fixed cost of a call is measured (after pass 1; ``--no-probe`` skips it): ``(mode,
+#: dtype name, B, I, H)``, layers-grid sizes (their kernels are compiled for the grid anyway) whose
+#: misses were put down to it (benchmarks/results/gpu_notes.md, session 8), at two short lengths.
+PROBE_SIZES = [("lstm", "bf16", 64, 512, 512), ("lstm", "fp32", 16, 128, 128), ("gru", "fp32", 1, 64, 64)]
+PROBE_T = (8, 64)
+
+
+def host_ms(fn, reps: int = 5) -> float:
+    """Median host time of one call in ms, from its start until the host returns (its GPU work
+    maybe still queued), after a warm-up: where this is near the call's whole time, the GPU waits
+    on the host."""
+    fn()
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        res = fn()
+        times.append(time.perf_counter() - t0)
+        del res
+    torch.cuda.synchronize()
+    return 1e3 * statistics.median(times)
+
+
+def probe_fixed_cost(args, left) -> list[dict]:
+    """Per size of :data:`PROBE_SIZES`, for cuDNN, the Triton default and the default replayed as
+    CUDA graphs (``Plan.graph``): forward + backward at both :data:`PROBE_T` lengths, fitted as
+    ``T`` x per step + fixed per call, and the host's share of a call (:func:`host_ms`). What
+    session 8 inferred from pairs of grid points, measured: how much of a short call is its
+    fixed cost, and how much of that a graph takes away."""
+    from rnnkit.engine import triton_engine as te
+
+    rows = []
+    for mode, dname, B, I, H in PROBE_SIZES:
+        dtype = DTYPES[dname]
+        default = te.plan_for(mode, B, H, dtype)
+        impls = {"cudnn": None, f"triton:{default.path}": default}
+        impls["triton:graph"] = dataclasses.replace(default, graph=True)
+        for name, plan in impls.items():
+            if left() <= 0:
+                rows.append(
+                    {"mode": mode, "dtype": dname, "B": B, "I": I, "H": H, "impl": name, "skipped": True}
+                )
+                continue
+            row = {
+                "mode": mode,
+                "dtype": dname,
+                "B": B,
+                "I": I,
+                "H": H,
+                "impl": name,
+                "ms": {},
+                "host_ms": {},
+            }
+            before = dict(te.GRAPHS.stats)
+            try:
+                for T in PROBE_T:
+                    prob = Problem(mode, B, T, I, H, dtype)
+
+                    def fn(p=prob, plan=plan):
+                        return p.cudnn() if plan is None else p.engine(te.run, plan=plan)
+
+                    us, _ = time_us(fn, args.target_s / 2, args.max_reps)
+                    row["ms"][T] = us / 1000.0
+                    row["host_ms"][T] = host_ms(fn)
+                    del prob
+            except Exception as e:  # a failing implementation is a result, not a crash of the run
+                row["error"] = f"{type(e).__name__}: {e}"[:300]
+                rows.append(row)
+                continue
+            t0, t1 = PROBE_T
+            per_step = (row["ms"][t1] - row["ms"][t0]) / (t1 - t0)
+            row["per_step_us"] = 1000.0 * per_step
+            row["fixed_ms"] = row["ms"][t0] - t0 * per_step
+            if plan is not None and plan.graph:
+                row["graph_calls"] = {k: v - before.get(k, 0) for k, v in te.GRAPHS.stats.items()}
+            rows.append(row)
+            print("# fixed cost:", probe_line(row), flush=True)
+    return rows
+
+
+def probe_line(row: dict) -> str:
+    """One line of :func:`probe_fixed_cost`'s results."""
+    head = f"{row['mode']} {row['dtype']} B={row['B']} I={row['I']} H={row['H']} {row['impl']}"
+    if row.get("skipped") or "error" in row:
+        return f"{head}: {'skipped for time' if row.get('skipped') else row['error']}"
+    times = ", ".join(f"T={T} {ms:.3f} ms (host {row['host_ms'][T]:.3f})" for T, ms in row["ms"].items())
+    return f"{head}: {times}; fit {row['per_step_us']:.2f} us/step + {row['fixed_ms']:.3f} ms/call"
 
 
 def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
@@ -335,6 +426,12 @@ def main() -> int:
         help="Triton paths pass 2 times besides the default, comma-separated ('' for none)",
     )
     ap.add_argument("--skip-fused", action="store_true", help="pass 2 leaves out rnnkit's fused engine")
+    ap.add_argument(
+        "--no-probe",
+        dest="probe",
+        action="store_false",
+        help="skip the per-call fixed-cost probe between the passes (PROBE_SIZES at PROBE_T)",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu.json")
     ap.add_argument(
         "--render",
@@ -397,6 +494,7 @@ def main() -> int:
     )
     rows: dict[tuple, dict] = {}
     skipped = []
+    probes: list[dict] = []
 
     def save() -> dict:
         """Write what is measured so far (after every point: a killed run still leaves its data)."""
@@ -410,12 +508,16 @@ def main() -> int:
             "elapsed_s": round(time.perf_counter() - started, 1),
             "rows": results,
             "skipped_for_time": skipped,
+            "fixed_cost": probes,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=1, default=str))
         return payload
 
     for pass_no in (1, 2):
+        if pass_no == 2 and args.probe:
+            probes += probe_fixed_cost(args, left)
+            save()
         for mode, dname, shape in points:
             B, T, I, H = shape
             if left() <= 0:
@@ -649,6 +751,13 @@ def to_markdown(payload: dict) -> str:
     summary = variant_summary(payload["rows"])
     if summary:
         lines += ["", "Variants against the default:", ""] + [f"- {line}" for line in summary]
+    if payload.get("fixed_cost"):
+        lines += [
+            "",
+            "Fixed cost per call (forward + backward at two lengths, fitted as T x per step + fixed; "
+            "host: the host's time until the call returns):",
+            "",
+        ] + [f"- {probe_line(row)}" for row in payload["fixed_cost"]]
     return "\n".join(lines) + "\n"
 
 

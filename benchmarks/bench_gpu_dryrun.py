@@ -1,10 +1,10 @@
 """bench_gpu.py's whole run on the CPU: Triton's interpreter for the kernels, ``torch.cuda`` faked.
 
 A typo in the benchmark costs a session its few GPU minutes, so this runs ``bench_gpu.main()``
-end to end first (the variants asked for, the table, the JSON, the Markdown and the
-per-variant summary) on two tiny points of each mode and dtype (``tests/test_benchmarks.py``
-runs it in CI). The timings it prints mean nothing. The
-kernels' own correctness on the GPU is the GPU-only tests' job.
+end to end first (the variants asked for, the fixed-cost probe, the table, the JSON, the
+Markdown and the per-variant summary) on two tiny points of each mode and dtype
+(``tests/test_benchmarks.py`` runs it in CI). The timings it prints mean nothing. The kernels'
+own correctness on the GPU is the GPU-only tests' job.
 
     PYTHONPATH=src python benchmarks/bench_gpu_dryrun.py --out /tmp/gpu_dryrun.json
 """
@@ -70,6 +70,8 @@ def main() -> int:
     bench_gpu.DEVICE = "cpu"
     bench_gpu.ISSUE_GRID = [(64, 2, 8, 16)]  # B >= 64: every variant applies
     bench_gpu.LAYERS_GRID = [(3, 2, 8, 16)]
+    bench_gpu.PROBE_SIZES = [("lstm", "bf16", 3, 8, 16), ("gru", "fp32", 3, 8, 16)]
+    bench_gpu.PROBE_T = (2, 3)
     # the worker processes would import bench_gpu afresh, for CUDA: compile nothing up front
     bench_gpu.precompile = lambda *a: {"variants": 0, "workers": 0, "seconds": 0.0, "errors": []}
     bench_gpu.machine = lambda: {

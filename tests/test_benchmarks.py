@@ -53,3 +53,8 @@ def test_bench_gpu_runs_every_variant_the_next_gpu_call_times(tmp_path):
     markdown = out.with_suffix(".md").read_text()
     assert "Variants against the default:" in markdown and "- gemm_graph: faster than" in markdown
     assert "gemm_graph: faster than the default" in proc.stdout
+    # the fixed-cost probe: cuDNN, the default and its graph variant at each size, fitted
+    probes = payload["fixed_cost"]
+    assert [p["impl"].split(":")[0] for p in probes] == ["cudnn", "triton", "triton"] * 2
+    assert all("error" not in p and "skipped" not in p and p["fixed_ms"] == p["fixed_ms"] for p in probes)
+    assert "Fixed cost per call" in markdown and "# fixed cost: gru fp32" in proc.stdout
