@@ -37,7 +37,8 @@ def call_key(given: tuple, owned: tuple = ()) -> tuple:
     """A hashable key naming a call's arguments. ``given``: each tensor by its address, shape,
     strides and dtype (what a captured launch bakes in), anything else by value. ``owned``:
     tensors the call allocated itself, by address alone, for their shapes, strides and dtypes
-    follow from ``given`` (half the cost of a key: it is built on every call of a graph plan)."""
+    follow from ``given`` (a backward's key: 14 vs 20 µs on the CPU VM; one is built on every
+    call of a graph plan)."""
     return (
         tuple(
             [
