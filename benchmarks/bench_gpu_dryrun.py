@@ -2,11 +2,12 @@
 
 A typo in the benchmark costs a session its few GPU minutes, so this runs ``bench_gpu.main()``
 end to end first (the variants asked for, the fixed-cost probe, the table, the JSON, the
-Markdown and the per-variant summary) on two tiny points of each mode and dtype
-(``tests/test_benchmarks.py`` runs it in CI). The timings it prints mean nothing. The kernels'
-own correctness on the GPU is the GPU-only tests' job.
+Markdown and the per-variant summary) on two tiny points of each mode and dtype, then
+``gpu_memory.main()`` on two (``tests/test_benchmarks.py`` runs it in CI). The timings and
+memory it prints mean nothing. The kernels' own correctness on the GPU is the GPU-only tests'
+job.
 
-    PYTHONPATH=src python benchmarks/bench_gpu_dryrun.py --out /tmp/gpu_dryrun.json
+    PYTHONPATH=src python benchmarks/bench_gpu_dryrun.py --out /tmp/gpu_dryrun.json  # + gpu_memory.json
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def _fake_cuda() -> None:
     cuda.current_device = lambda: 0
     cuda.get_device_name = lambda *a: "none (dry run)"
     cuda.get_device_properties = lambda *a: types.SimpleNamespace(name="none", multi_processor_count=132)
+    cuda.memory_reserved = lambda *a: 0
+    cuda.memory._record_memory_history = lambda *a, **k: None
+    # one block of 1 MiB allocated, as the allocator's trace would show it
+    trace = [{"action": "alloc", "addr": 1, "size": 2**20, "frames": []}]
+    cuda.memory._snapshot = lambda: {"device_traces": [trace]}
 
 
 def main() -> int:
@@ -86,7 +92,14 @@ def main() -> int:
         "bench_gpu.py", "--budget-s", "600", "--skip-fused", "--target-s", "0.001", "--max-reps", "3",
         "--extra-paths", extra, "--out", str(args.out),
     ]  # fmt: skip
-    return bench_gpu.main()
+    rc = bench_gpu.main()
+    # gpu_check.sh's memory stage too: benchmarks/gpu_memory.py on two tiny points
+    import gpu_memory
+
+    gpu_memory.POINTS = [("lstm", "fp32", (3, 4, 8, 16)), ("gru", "bf16", (3, 4, 8, 16))]
+    gpu_memory.machine = bench_gpu.machine
+    sys.argv = ["gpu_memory.py", "--out", str(args.out.with_name("gpu_memory.json"))]
+    return rc or gpu_memory.main()
 
 
 if __name__ == "__main__":

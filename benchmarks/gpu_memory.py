@@ -6,6 +6,8 @@ direction with random upstream gradients), on a CUDA GPU:
 - peak memory above what was allocated before, of the forward alone (its graph kept until the
   results are dropped), of forward + backward, and of forward + backward without the weight
   gradients (only ``dx`` and the state's), for cuDNN and for the engine's default path;
+- the same forward + backward with the default plan replayed as CUDA graphs (``Plan.graph``), and
+  the memory the graphs' pool holds;
 - the engine's live allocations at its peak, each with the Python line that made it (from the
   caching allocator's history, ``torch.cuda.memory._record_memory_history``), largest first,
   and what is live there that no line of ours made (library workspaces, say).
@@ -68,6 +70,36 @@ def live_at_peak(trace: list[dict]) -> tuple[float, list[dict]]:
     return peak / MiB, sorted(rows, key=lambda r: -r["mib"])
 
 
+def graph_memory(p: Problem, plan) -> dict:
+    """The default plan replayed as CUDA graphs (``Plan.graph``): the peak of a replayed forward +
+    backward, as above, and what the graphs' pool holds after it (``pool_mib``: memory reserved
+    once the captures are made, over what was reserved before, the allocator's cache emptied
+    both times): library workspaces made during capture, which graphs keep while cached."""
+    import dataclasses
+
+    from rnnkit.engine import triton_engine as te
+    from rnnkit.engine._graphs import CallGraphs
+
+    graphed = dataclasses.replace(plan, graph=True)
+    before_graphs = te.GRAPHS
+    te.GRAPHS = CallGraphs()  # this point's graphs only
+    try:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        reserved = torch.cuda.memory_reserved()
+        for _ in range(3):  # eager, captured, replayed
+            res = p.engine(te.run, plan=graphed)
+            del res
+        peak = peak_mib(lambda: p.engine(te.run, plan=graphed))
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        pool = (torch.cuda.memory_reserved() - reserved) / MiB
+        return {"fwd_bwd": peak, "pool_mib": round(pool, 2), "calls": dict(te.GRAPHS.stats)}
+    finally:
+        te.GRAPHS.clear()
+        te.GRAPHS = before_graphs
+
+
 def measure_point(mode: str, dname: str, shape: tuple[int, int, int, int]) -> dict:
     """Peaks of cuDNN and of the engine's default path at one point, and the engine's live
     allocations at its peak."""
@@ -102,6 +134,7 @@ def measure_point(mode: str, dname: str, shape: tuple[int, int, int, int]) -> di
         "fwd_bwd": peak_mib(lambda: p.engine(te.run)),
         "no_wgrad": peak_mib(lambda: no_wgrad(ours_run)),
     }
+    row["graph"] = graph_memory(p, plan)
     torch.cuda.synchronize()
     torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
     res = p.engine(te.run)
@@ -131,6 +164,12 @@ def main() -> int:
             f"unit {row['unit_mib']} MiB | cudnn fwd {c['fwd']:.1f} all {c['fwd_bwd']:.1f} "
             f"no-wgrad {c['no_wgrad']:.1f} | ours fwd {o['fwd']:.1f} all {o['fwd_bwd']:.1f} "
             f"no-wgrad {o['no_wgrad']:.1f}",
+            flush=True,
+        )
+        g = row["graph"]
+        print(
+            f"    graphed: all {g['fwd_bwd']:.1f} MiB, the graphs' pool holds {g['pool_mib']:.1f} MiB "
+            f"(calls: {g['calls']})",
             flush=True,
         )
         for r in o["live_at_peak"][:8]:

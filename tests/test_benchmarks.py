@@ -1,8 +1,9 @@
-"""The GPU benchmark runs end to end on the CPU (Triton's interpreter, ``torch.cuda`` faked).
+"""The GPU benchmarks run end to end on the CPU (Triton's interpreter, ``torch.cuda`` faked).
 
-A session's GPU minutes are few; a Python error in ``benchmarks/bench_gpu.py`` found there is
-minutes lost. ``benchmarks/bench_gpu_dryrun.py`` runs its whole ``main()`` on tiny points, in a
-subprocess (it replaces ``torch.cuda``'s functions, which must not leak into other tests).
+A session's GPU minutes are few; a Python error in ``benchmarks/bench_gpu.py`` or
+``benchmarks/gpu_memory.py`` found there is minutes lost. ``benchmarks/bench_gpu_dryrun.py`` runs
+their whole ``main()`` on tiny points, in a subprocess (it replaces ``torch.cuda``'s functions,
+which must not leak into other tests).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_gpu_runs_every_variant_the_next_gpu_call_times(tmp_path):
+def test_gpu_benchmarks_run_every_variant_the_next_gpu_call_times(tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
@@ -58,3 +59,7 @@ def test_bench_gpu_runs_every_variant_the_next_gpu_call_times(tmp_path):
     assert [p["impl"].split(":")[0] for p in probes] == ["cudnn", "triton", "triton"] * 2
     assert all("error" not in p and "skipped" not in p and p["fixed_ms"] == p["fixed_ms"] for p in probes)
     assert "Fixed cost per call" in markdown and "# fixed cost: gru fp32" in proc.stdout
+    # and gpu_check.sh's memory stage, the graphed calls included
+    memory = json.loads((tmp_path / "gpu_memory.json").read_text())["rows"]
+    assert [(r["mode"], r["dtype"]) for r in memory] == [("lstm", "fp32"), ("gru", "bf16")]
+    assert all(sum(r["graph"]["calls"].values()) == 8 and "pool_mib" in r["graph"] for r in memory)
