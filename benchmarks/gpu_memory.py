@@ -95,6 +95,8 @@ def graph_memory(p: Problem, plan) -> dict:
         torch.cuda.empty_cache()
         pool = (torch.cuda.memory_reserved() - reserved) / MiB
         return {"fwd_bwd": peak, "pool_mib": round(pool, 2), "calls": dict(te.GRAPHS.stats)}
+    except Exception as e:  # a result, not the end of the other points' measurements
+        return {"error": f"{type(e).__name__}: {e}"[:300]}
     finally:
         te.GRAPHS.clear()
         te.GRAPHS = before_graphs
@@ -168,7 +170,9 @@ def main() -> int:
         )
         g = row["graph"]
         print(
-            f"    graphed: all {g['fwd_bwd']:.1f} MiB, the graphs' pool holds {g['pool_mib']:.1f} MiB "
+            f"    graphed: {g['error']}"
+            if "error" in g
+            else f"    graphed: all {g['fwd_bwd']:.1f} MiB, the graphs' pool holds {g['pool_mib']:.1f} MiB "
             f"(calls: {g['calls']})",
             flush=True,
         )
