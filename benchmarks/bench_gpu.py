@@ -188,6 +188,14 @@ def host_ms(fn, reps: int = 5) -> float:
     return 1e3 * statistics.median(times)
 
 
+def graph_calls_since(before: dict) -> dict:
+    """How the Triton engine's graph plans' calls ran (eager, captured, replayed) since
+    ``before``, a copy of ``GRAPHS.stats``."""
+    from rnnkit.engine import triton_engine as te
+
+    return {k: v - before.get(k, 0) for k, v in te.GRAPHS.stats.items()}
+
+
 def probe_fixed_cost(args, left) -> list[dict]:
     """Per size of :data:`PROBE_SIZES`, for cuDNN, the Triton default and the default replayed as
     CUDA graphs (``Plan.graph``): forward + backward at both :data:`PROBE_T` lengths, fitted as
@@ -203,21 +211,11 @@ def probe_fixed_cost(args, left) -> list[dict]:
         impls = {"cudnn": None, f"triton:{default.path}": default}
         impls["triton:graph"] = dataclasses.replace(default, graph=True)
         for name, plan in impls.items():
+            head = {"mode": mode, "dtype": dname, "B": B, "I": I, "H": H, "impl": name}
             if left() <= 0:
-                rows.append(
-                    {"mode": mode, "dtype": dname, "B": B, "I": I, "H": H, "impl": name, "skipped": True}
-                )
+                rows.append({**head, "skipped": True})
                 continue
-            row = {
-                "mode": mode,
-                "dtype": dname,
-                "B": B,
-                "I": I,
-                "H": H,
-                "impl": name,
-                "ms": {},
-                "host_ms": {},
-            }
+            row = {**head, "ms": {}, "host_ms": {}}
             before = dict(te.GRAPHS.stats)
             try:
                 for T in PROBE_T:
@@ -239,7 +237,7 @@ def probe_fixed_cost(args, left) -> list[dict]:
             row["per_step_us"] = 1000.0 * per_step
             row["fixed_ms"] = row["ms"][t0] - t0 * per_step
             if plan is not None and plan.graph:
-                row["graph_calls"] = {k: v - before.get(k, 0) for k, v in te.GRAPHS.stats.items()}
+                row["graph_calls"] = graph_calls_since(before)
             rows.append(row)
             print("# fixed cost:", probe_line(row), flush=True)
     return rows
@@ -565,7 +563,7 @@ def main() -> int:
                     before = dict(te.GRAPHS.stats)
                     res.update(measure(prob, name, fn, args, fwd if is_default else None))
                     if plan.graph:  # whether the timed calls replayed (they should, after warm-up)
-                        res["graph_calls"] = {k: v - before.get(k, 0) for k, v in te.GRAPHS.stats.items()}
+                        res["graph_calls"] = graph_calls_since(before)
                 res["plan"] = dataclasses.asdict(plan)
                 res["default"] = is_default
                 row["impls"].append(res)

@@ -496,6 +496,12 @@ def _launches(n_btiles: int, per_tile: int) -> list[tuple[int, int]]:
     return [(t0, min(g, n_btiles - t0)) for t0 in range(0, n_btiles, g)]
 
 
+def _barrier_groups(n_btiles: int, per_tile: int, device: torch.device) -> list[tuple[int, int, Tensor]]:
+    """``(first tile, tiles, counters)`` for each launch of a barrier path (:func:`_launches`),
+    its step counters allocated now (:func:`_barrier`)."""
+    return [(t0, n, _barrier(n, device)) for t0, n in _launches(n_btiles, per_tile)]
+
+
 def _blocks_per_program(n_hblocks: int, n_btiles: int) -> tuple[int, int]:
     """The persistent path's ``(hidden blocks per program, programs per batch tile)``: as many
     programs as fit one wave on the GPU. Under the interpreter one program per tile, which walks
@@ -628,7 +634,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
         else:
             state["hbuf"] = torch.empty(2, B, H, dtype=w_rec.dtype, device=dev)  # h between programs
             n_h = _cdiv(H, plan.block_h)
-            state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_h)]
+            state["groups"] = _barrier_groups(n_btiles, n_h, dev)
     else:
         hbuf = torch.empty(2, B, H, dtype=torch.float32, device=dev)
         state["hbuf"] = hbuf
@@ -636,7 +642,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
         hn = hbuf[T % 2]
         if plan.path == "persistent":
             hb, n_hp = _blocks_per_program(_cdiv(H, plan.block_h), n_btiles)
-            state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_hp)]
+            state["groups"] = _barrier_groups(n_btiles, n_hp, dev)
         else:
             state["bar"] = _barrier(n_btiles, dev)
 
@@ -797,10 +803,10 @@ class _TritonLayer(torch.autograd.Function):
             state["part"] = torch.empty(B, H, dtype=dt, device=dev)  # dh0's products
         elif plan.path == "split":
             n_h = _cdiv(H, plan.block_h)
-            state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_h)]
+            state["groups"] = _barrier_groups(n_btiles, n_h, dev)
         elif plan.path == "persistent":
             hb, n_hp = _blocks_per_program(_cdiv(H, plan.block_h), n_btiles)
-            state["groups"] = [(t0, n, _barrier(n, dev)) for t0, n in _launches(n_btiles, n_hp)]
+            state["groups"] = _barrier_groups(n_btiles, n_hp, dev)
         elif plan.path == "stepwise":
             state["bar"] = _barrier(n_btiles, dev)
         x2 = x.reshape(T * B, I)  # (T*B, I)
