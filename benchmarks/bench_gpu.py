@@ -282,7 +282,9 @@ def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
 #: ``graph``: the default plan with each call's launches replayed as a CUDA graph, ``Plan.graph``, which
 #: takes the host's per-call work off the GPU's critical path; ``gemm_graph``: for B >= 64, the gemm path
 #: (cuBLAS per step) replayed so, ``graph_plan``; timing's first warm-up call sees a call's key, the second
-#: captures its graphs, the timed calls replay them).
+#: captures its graphs, the timed calls replay them; ``splitk``/``w16k``: the split plan, and w16's where it
+#: splits, with the forward's recurrent product in reduction slices so that no warp repeats another's,
+#: ``Plan.k_slices``, ``k_sliced``).
 ALL_EXTRA_PATHS = (
     "resident",
     "resident2",
@@ -299,6 +301,8 @@ ALL_EXTRA_PATHS = (
     "w16",
     "graph",
     "gemm_graph",
+    "splitk",
+    "w16k",
 )
 
 
@@ -307,6 +311,17 @@ def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
 
     if name == "w16":
         return te.w16_plan(mode, B, H) if dtype == torch.float32 else None
+    if name in ("splitk", "w16k"):
+        if name == "w16k":
+            plan = _variant_plan("w16", mode, B, H, dtype)
+        elif te.split_plan(mode, B, H, dtype) is not None:
+            plan = te.plan_for(mode, B, H, dtype, "split")
+        else:
+            plan = None
+        if plan is None or plan.path != "split":
+            return None
+        sliced = te.k_sliced(plan, H)
+        return sliced if sliced.k_slices > 1 else None
     if name == "graph":
         return dataclasses.replace(te.plan_for(mode, B, H, dtype), graph=True)
     if name == "gemm_graph":  # where a step's products are big enough for cuBLAS to matter

@@ -12,6 +12,7 @@ Needs triton (with its bundled ptxas); uses ``triton.compile`` on an ``ASTSource
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -104,6 +105,7 @@ def variants():
                         elif path == "split":
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=te._hp(H))
                             kernels = [(K.fwd_split_kernel, c), (K.bwd_split_kernel, c)]
+                            kernels += _sliced_forward(plan, H, c)
                         else:
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
                             kernels = [
@@ -120,6 +122,7 @@ def variants():
                             if key not in seen:
                                 seen.add(key)
                                 shown = "w16" if name == "fp32+w16" else path
+                                shown += f" k{cx['NK']}" if "NK" in cx else ""
                                 where = f"{mode} {TL_NAME[dtype]} B={B} H={H} {shown}"
                                 yield fn, name, cx, run_plan, where
 
@@ -134,7 +137,16 @@ def _w16_kernels(mode: str, B: int, H: int) -> list:
     c |= dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, _dtype="fp32+w16", _plan=plan)
     if plan.path == "resident":
         return [(K.fwd_resident_kernel, c)]
-    return [(K.fwd_split_kernel, dict(c, HP=te._hp(H)))]
+    c = dict(c, HP=te._hp(H))
+    return [(K.fwd_split_kernel, c)] + _sliced_forward(plan, H, c)
+
+
+def _sliced_forward(plan, H: int, c: dict) -> list:
+    """The split forward of ``k_sliced(plan)`` (``Plan.k_slices``), where it slices."""
+    sliced = te.k_sliced(plan, H)
+    if sliced.k_slices == 1:
+        return []
+    return [(K.fwd_split_kernel, dict(c, NK=sliced.k_slices, _plan=sliced))]
 
 
 def main() -> int:
@@ -151,9 +163,10 @@ def main() -> int:
             "num_stages": plan.num_stages,
         }
         row["constexprs"] = {
-            k: v for k, v in cx.items() if k in ("MODE", "BLOCK_B", "BLOCK_H", "BLOCK_K", "HP")
+            k: v for k, v in cx.items() if k in ("MODE", "BLOCK_B", "BLOCK_H", "BLOCK_K", "HP", "NK")
         }
         try:
+            cx = _with_defaults(fn, cx)
             src = ASTSource(fn, signature(fn, dtype, cx), cx)
             options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
             k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
@@ -174,6 +187,14 @@ def main() -> int:
     bad = [r for r in rows if "error" in r or not r.get("fits_h100_smem", False)]
     print(f"wrote {args.out}: {len(rows)} variants, {len(bad)} failing or over the shared-memory limit")
     return 1 if bad else 0
+
+
+def _with_defaults(fn, constexprs: dict) -> dict:
+    """``constexprs`` and the kernel's compile-time parameters left at their defaults, as
+    Triton's launcher passes them."""
+    empty = inspect.Parameter.empty
+    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.default is not empty}
+    return defaults | constexprs
 
 
 def _hoisted(ttgir: str) -> bool | None:

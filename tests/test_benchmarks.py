@@ -63,3 +63,23 @@ def test_gpu_benchmarks_run_every_variant_the_next_gpu_call_times(tmp_path):
     memory = json.loads((tmp_path / "gpu_memory.json").read_text())["rows"]
     assert [(r["mode"], r["dtype"]) for r in memory] == [("lstm", "fp32"), ("gru", "bf16")]
     assert all(sum(r["graph"]["calls"].values()) == 8 and "pool_mib" in r["graph"] for r in memory)
+
+
+def test_k_sliced_variants_apply_where_the_forward_splits(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import torch
+
+    from bench_gpu import _variant_plan
+    from rnnkit.engine import triton_engine as te
+
+    f32, bf16 = torch.float32, torch.bfloat16
+    # the default split plan at the H = 512 point (LSTM: 16 columns, packed gate I/O)
+    plan = _variant_plan("splitk", "lstm", 64, 512, f32)
+    assert plan == te.k_sliced(te.plan_for("lstm", 64, 512, f32), 512) and plan.k_slices == 4
+    assert plan.packed_io and not plan.half_w
+    assert _variant_plan("splitk", "gru", 16, 256, bf16).k_slices == 2  # 32 columns
+    assert _variant_plan("splitk", "lstm", 256, 1024, f32) is None  # no split plan fits
+    w16k = _variant_plan("w16k", "gru", 64, 512, f32)
+    assert w16k.half_w and w16k.path == "split" and w16k.k_slices == 2
+    assert _variant_plan("w16k", "gru", 64, 512, bf16) is None  # float32 layers only
+    assert _variant_plan("w16k", "lstm", 8, 64, f32) is None  # w16 is resident there

@@ -231,6 +231,34 @@ def test_packed_gate_io_matches_reference(mode, path, dtype):
     _check(mode, 3, 7, 5, 24, dtype, plan, lengths=LENGTHS)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode, H, k", [("rnn", 40, 4), ("lstm", 24, 2), ("gru", 40, 2)])
+def test_k_sliced_split_forward_matches_reference(mode, H, k, dtype):
+    # Plan.k_slices: the forward's recurrent product over H in k slices (3-d products summed);
+    # H = 40 pads to 64 (three programs, the last ragged; four slices of 16, the last two
+    # holding 8 real rows and padding), H = 24 to 32
+    plan = dataclasses.replace(te.Plan("split", 16, 16, 16, num_warps=8), k_slices=k)
+    _check(mode, 3, 7, 5, H, dtype, plan, lengths=LENGTHS)
+
+
+def test_k_sliced_plans_and_their_refusals():
+    split16 = te.Plan("split", 16, 16, 16, num_warps=8)
+    # as many slices as leave no warp repeating another's 8-column mma tiles, each >= 16 deep
+    assert te.k_sliced(split16, 512).k_slices == 4
+    assert te.k_sliced(dataclasses.replace(split16, block_h=32), 256).k_slices == 2
+    assert te.k_sliced(split16, 24).k_slices == 2  # pads to 32: two slices of 16
+    assert te.k_sliced(split16, 16) == split16
+    wide = dataclasses.replace(split16, block_h=64)  # 8 tiles of 8 columns: one per warp already
+    assert te.k_sliced(wide, 512) is wide
+    with pytest.raises(ValueError, match="k_slices must be a power of two"):
+        te.Plan("split", k_slices=3)
+    with pytest.raises(ValueError, match="k_slices needs the split path"):
+        te.Plan("resident", k_slices=2)
+    x, state, weights = _problem("gru", 3, 4, 5, 24, torch.float32)
+    with pytest.raises(ValueError, match="k_slices 4 leaves slices under 16 deep at H = 24"):
+        te.run("gru", x, state, weights, plan=dataclasses.replace(split16, k_slices=4))
+
+
 def test_float16_matches_reference():
     plan = _plan("gru", "resident", torch.float16, H=16)
     _check("gru", 3, 7, 5, 16, torch.float16, plan, lengths=LENGTHS)
@@ -273,7 +301,7 @@ def _w16_emulation(mode, x, state, weights, lengths):
     return torch.stack(outs), ((h, c) if mode == "lstm" else (h,))
 
 
-@pytest.mark.parametrize("path", ["resident", "split"])
+@pytest.mark.parametrize("path", ["resident", "split", "split_k"])
 @pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
 def test_half_w_forward_rounds_only_the_recurrent_operands(mode, path):
     # Plan.half_w: float32 layers whose forward reads W_hh and h in float16. Equal to an exact
@@ -284,7 +312,9 @@ def test_half_w_forward_rounds_only_the_recurrent_operands(mode, path):
         state[0].mul_(0.6)
     lens = torch.tensor(LENGTHS)
     plan = te.w16_plan(mode, B, H) if path == "resident" else te.Plan("split", 16, 16, 16, half_w=True)
-    assert plan.path == path and plan.half_w
+    if path == "split_k":  # and the product in two slices of the reduction (H = 24 pads to 32)
+        plan = dataclasses.replace(plan, k_slices=2)
+    assert plan.path == path.removesuffix("_k") and plan.half_w
     ours = _run_and_grad(te.run, mode, x, state, weights, lens, "tanh", plan=plan)
     wanted = _run_and_grad(lambda *a: _w16_emulation(*a[:5]), mode, *_as64(x, state, weights), lens, "tanh")
     for name, a, b in zip(NAMES[mode], ours, wanted, strict=True):
@@ -790,20 +820,40 @@ def test_gpu_benchmark_variants(mode, path, B, block_b, packed):
 
 @needs_cuda
 @pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("H", [48, 208, 512])
-def test_gpu_half_w_plans(mode, H):
-    # what benchmarks/bench_gpu.py's w16 variant runs: resident at H = 48, split beyond (at
-    # H = 512 with the float16-sized slices, wider than float32's), against the exact emulation
+@pytest.mark.parametrize("H, sliced", [(48, False), (208, False), (512, False), (512, True)])
+def test_gpu_half_w_plans(mode, H, sliced):
+    # what benchmarks/bench_gpu.py's w16 and w16k variants run: resident at H = 48, split beyond
+    # (at H = 512 with the float16-sized slices, wider than float32's; w16k: the forward's product
+    # in k slices), against the exact emulation
     B, T = 37, 29
     lengths = torch.tensor([(7 * b) % T + 1 for b in range(B)])
     x, state, weights = _problem(mode, B, T, 33, H, torch.float32)
     plan = te.w16_plan(mode, B, H)
+    if sliced:
+        plan = te.k_sliced(plan, H)
+        assert plan.k_slices > 1
     ours = _run_and_grad(te.run, mode, x, state, weights, lengths, "tanh", plan=plan)
     wanted = _run_and_grad(
         lambda *a: _w16_emulation(*a[:5]), mode, *_as64(x, state, weights), lengths.to(DEVICE), "tanh"
     )
     for name, a, b in zip(NAMES[mode], ours, wanted, strict=True):
         assert _rel_err(a, b) < 5e-5, f"{name}: {_rel_err(a, b):.2e}"
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "mode, H, dtype",
+    [("lstm", 512, torch.float32), ("gru", 512, torch.bfloat16), ("rnn", 208, torch.float32)],
+)
+def test_gpu_k_sliced_split_plans(mode, H, dtype):
+    # what benchmarks/bench_gpu.py's splitk variant runs: the split plan, its forward's product in
+    # k slices (LSTM fp32 H = 512: 16 columns, 4 slices; GRU bf16: 32 columns, 2; H = 208 pads
+    # to 256)
+    B, T = 37, 29
+    lengths = [(7 * b) % T + 1 for b in range(B)]
+    plan = te.k_sliced(te.plan_for(mode, B, H, dtype, "split"), H)
+    assert plan.k_slices > 1
+    _check(mode, B, T, 33, H, dtype, plan, lengths=lengths)
 
 
 @needs_cuda

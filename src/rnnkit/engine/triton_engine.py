@@ -131,7 +131,17 @@ class Plan:
     host's per-call work off the GPU's critical path: about 1 ms a forward + backward on the
     lent H100 (run 5b's times fit ``T`` x per-step + 0.8-1.3 ms), a third of the call at
     ``T`` = 64-256; and, for ``gemm``, its ~40 us a step of host launches. Not timed on a GPU
-    yet, so not a default. Block sizes are powers of two >= 16 (``tl.dot``'s minimum).
+    yet, so not a default. ``k_slices`` (``split`` only, forward): the recurrent product's
+    reduction over ``H`` in that many slices, one 3-d product whose warps split over the slices
+    (LSTM and GRU: the gates side by side in it), summed on chip (:func:`k_sliced`). A ``split``
+    program's product is ``(block_b, H) @ (H, block_h)`` per gate; on 8 warps Triton's mma layout
+    spreads the warps over that 16-row by ``block_h``-column output alone, so at ``block_h`` 16
+    all eight warps compute the same tile (32: two copies of each), each holding the whole
+    ``H``-deep operands. Sliced, no warp repeats another's work. Compiled for sm_90
+    (``benchmarks/compile_check.py``), LSTM fp32 ``H`` = 512: 64 mma instructions per thread a
+    step instead of 512, 176 registers and no spill instead of 255 and 60 bytes; the split
+    forwards at ``H`` = 256-512 lose their spills but LSTM bf16's (454 to 68 bytes). Not timed on
+    a GPU yet, so not a default. Block sizes are powers of two >= 16 (``tl.dot``'s minimum).
     """
 
     path: str
@@ -143,6 +153,7 @@ class Plan:
     packed_io: bool = False
     half_w: bool = False
     graph: bool = False
+    k_slices: int = 1
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -153,6 +164,10 @@ class Plan:
             v = getattr(self, name)
             if v < 16 or v & (v - 1):
                 raise ValueError(f"Plan: {name} must be a power of two >= 16, got {v}")
+        if self.k_slices < 1 or self.k_slices & (self.k_slices - 1):
+            raise ValueError(f"Plan: k_slices must be a power of two >= 1, got {self.k_slices}")
+        if self.k_slices > 1 and self.path != "split":
+            raise ValueError(f"Plan: k_slices needs the split path, got {self.path!r}")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"Plan: num_warps must be a power of two <= 16, got {self.num_warps}")
         if not 1 <= self.num_stages <= 4:
@@ -246,6 +261,15 @@ def w16_plan(mode: str, batch: int, hidden_size: int) -> Plan | None:
     return dataclasses.replace(plan, half_w=True)
 
 
+def k_sliced(plan: Plan, hidden_size: int) -> Plan:
+    """``plan`` (a ``split`` plan) with the forward's recurrent product in ``k_slices`` slices of
+    the reduction: as many as leave no warp repeating another's product (``num_warps * 8 /
+    block_h``, mma tiles being 8 columns wide), each at least 16 deep; ``plan`` itself where that
+    is one slice."""
+    k = max(1, min(plan.num_warps * 8 // plan.block_h, _hp(hidden_size) // 16))
+    return dataclasses.replace(plan, k_slices=k) if k > 1 else plan
+
+
 def graph_plan(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan:
     """The ``gemm`` plan whose calls replay as CUDA graphs (``Plan.graph``): each step one
     library matrix product and one cell kernel, without the host's launch work. Meant for steps
@@ -258,7 +282,8 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
     """The distinct plans :func:`tune` times at this size, the default first: ``resident`` where
     ``W_hh`` fits one program (also on 2 warps up to ``H`` = 64), ``split`` with 16- and 32-column
     slices and, for ``B`` >= 64, 64-row batch tiles (wgmma-sized products) where they fit,
-    ``persistent`` with 16/32- and 64-row tiles, the packed gate I/O of LSTM and GRU, the default
+    ``persistent`` with 16/32- and 64-row tiles, the packed gate I/O of LSTM and GRU, each
+    ``split`` plan with its forward's product in reduction slices (:func:`k_sliced`), the default
     replayed as a CUDA graph (``Plan.graph``), and where ``persistent`` is the default the ``gemm``
     path replayed so (:func:`graph_plan`). Not ``gemm`` launched step by step, or ``stepwise``:
     launch-bound, slower at every size measured."""
@@ -282,6 +307,7 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
         plans += [
             dataclasses.replace(p, packed_io=True) for p in plans if p and p.path in ("resident", "split")
         ]
+    plans += [k_sliced(p, hidden_size) for p in plans if p and p.path == "split"]
     plans.append(dataclasses.replace(plans[0], graph=True))  # without the host's per-call work
     if plans[0].path == "persistent":  # steps that are real matrix products: cuBLAS, graphed
         plans.append(graph_plan(mode, batch, hidden_size, dtype))
@@ -607,6 +633,8 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
     flags = _flags(mode, nonlinearity, dt)
     if plan.half_w and (dt != torch.float32 or nonlinearity == "relu"):
         raise ValueError(f"triton engine: half_w plans run float32 tanh cells, got {dt} {nonlinearity}")
+    if _hp(H) < 16 * plan.k_slices:
+        raise ValueError(f"triton engine: k_slices {plan.k_slices} leaves slices under 16 deep at H = {H}")
     # Biases fold into the input projection, except GRU's b_hn, which the reset gate scales.
     has_bias = b_ih is not None or b_hh is not None
     bias = torch.empty(G, dtype=dt, device=dev) if has_bias else None
@@ -694,6 +722,8 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
                     K.fwd_cell_kernel[grid](xg, gh, b_hn, lens, hn, cn, out, cs, save, t, B, H, **common)
         elif plan.path == "split":
             common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
+            if plan.k_slices > 1:
+                common["NK"] = plan.k_slices
             for tile0, tiles, bar in state["groups"]:
                 bar.zero_()
                 grid = (tiles * n_h,)

@@ -72,6 +72,40 @@ def _mm(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _rec_mm(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``acc + a @ b`` for the recurrent product. 3-d operands ``a`` ``(NK, M, KC)`` and ``b``
+    ``(NK, KC, N)`` hold the reduction in ``NK`` slices: one product per slice (the warps split
+    over them, each holding a ``KC``-deep operand instead of the whole ``K``), summed on chip."""
+    if len(a.shape) == 3:
+        part = tl.zeros((a.shape[0], a.shape[1], b.shape[2]), tl.float32)
+        out = acc + tl.sum(_mm(a, b, part, PRECISION, UPCAST), axis=0)
+    else:
+        out = _mm(a, b, acc, PRECISION, UPCAST)
+    return out
+
+
+@triton.jit
+def _k_slices(rows, rmask, cols, cmask, H, HP: tl.constexpr, NK: tl.constexpr):
+    """Offsets and masks ``(h_off, h_mask, w_off, w_mask)`` of the forward's recurrent product
+    ``h @ W^T`` over the reduction ``k < HP``: ``h`` rows ``rows * H + k``, and the ``W^T`` slice of
+    gate 0 (``k`` in, ``cols`` out) at ``cols * H + k``. ``NK`` 1: 2-d operands ``(M, HP)`` and
+    ``(HP, N)``; else 3-d, ``(NK, M, HP / NK)`` and ``(NK, HP / NK, N)`` (:func:`_rec_mm`)."""
+    if NK == 1:
+        ks = tl.arange(0, HP)
+        h_off = rows[:, None] * H + ks[None, :]
+        h_mask = rmask[:, None] & (ks < H)[None, :]
+        w_off = cols[None, :] * H + ks[:, None]
+        w_mask = (ks < H)[:, None] & cmask[None, :]
+    else:
+        kk = (tl.arange(0, NK) * (HP // NK))[:, None] + tl.arange(0, HP // NK)[None, :]  # (NK, KC)
+        h_off = rows[None, :, None] * H + kk[:, None, :]
+        h_mask = rmask[None, :, None] & (kk < H)[:, None, :]
+        w_off = cols[None, None, :] * H + kk[:, :, None]
+        w_mask = (kk < H)[:, :, None] & cmask[None, None, :]
+    return h_off, h_mask, w_off, w_mask
+
+
+@triton.jit
 def _load_prev(first_ptr, seq_ptr, t, off, mask, BH):
     """State before step ``t``: ``first`` at ``t == 0``, else ``seq[t - 1]`` (two masked loads, no branch)."""
     tt = t + tl.zeros_like(off)  # scalar conditions as tensors: the interpreter rejects scalar masks
@@ -151,19 +185,43 @@ def _hidden_products(
 ):
     """Pre-activations ``x_k + h W_k^T`` of each gate on a tile (``hb`` cast for the product,
     ``w*`` the transposed weight tiles); GRU's third is ``h W_hn^T`` alone."""
-    p0 = _mm(hb, w0, x0, PRECISION, UPCAST)
+    p0 = _rec_mm(hb, w0, x0, PRECISION, UPCAST)
     p1 = p0
     p2 = p0
     p3 = p0
     if NG > 1:
-        p1 = _mm(hb, w1, x1, PRECISION, UPCAST)
+        p1 = _rec_mm(hb, w1, x1, PRECISION, UPCAST)
         if MODE == 2:
-            p2 = _mm(hb, w2, tl.zeros_like(x2), PRECISION, UPCAST)
+            p2 = _rec_mm(hb, w2, tl.zeros_like(x2), PRECISION, UPCAST)
         else:
-            p2 = _mm(hb, w2, x2, PRECISION, UPCAST)
+            p2 = _rec_mm(hb, w2, x2, PRECISION, UPCAST)
     if NG > 3:
-        p3 = _mm(hb, w3, x3, PRECISION, UPCAST)
+        p3 = _rec_mm(hb, w3, x3, PRECISION, UPCAST)
     return p0, p1, p2, p3
+
+
+@triton.jit
+def _gates_side_by_side(w0, w1, w2, w3):
+    """The four ``(NK, KC, N)`` weight tiles as one ``(NK, KC, 4 N)``, gate ``2 i + j`` of column
+    ``n`` at ``4 n + 2 j + i`` (as :func:`_sliced_products` splits them)."""
+    w = tl.join(tl.join(w0, w1), tl.join(w2, w3))
+    return tl.reshape(w, (w.shape[0], w.shape[1], 4 * w.shape[2]))
+
+
+@triton.jit
+def _sliced_products(hk, w, x0, x1, x2, x3, MODE: tl.constexpr, PRECISION, UPCAST):
+    """:func:`_hidden_products` for ``NK``-sliced operands, the gates side by side: one 3-d
+    product ``hk`` ``(NK, M, KC)`` @ ``w`` ``(NK, KC, 4 N)`` (:func:`_gates_side_by_side`), one sum
+    over the slices, then the gates split apart. GRU's absent fourth gate costs a quarter more
+    product."""
+    part = tl.zeros((hk.shape[0], hk.shape[1], w.shape[2]), tl.float32)
+    s = tl.sum(_mm(hk, w, part, PRECISION, UPCAST), axis=0)
+    a, b = tl.split(tl.reshape(s, (x0.shape[0], x0.shape[1], 2, 2)))
+    p0, p1 = tl.split(a)
+    p2, p3 = tl.split(b)
+    if MODE != 2:
+        p2 = p2 + x2
+    return p0 + x0, p1 + x1, p2, p3 + x3
 
 
 @triton.jit
@@ -820,6 +878,7 @@ def fwd_split_kernel(
     HP: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    NK: tl.constexpr = 1,
 ):
     """Steps ``t_begin <= t < t_end`` on a 1-d grid of ``n_b * n_h`` programs; program
     ``(pid_b, pid_h)`` owns batch tile ``pid_b`` and hidden columns ``pid_h * BLOCK_H ...`` of every
@@ -831,22 +890,25 @@ def fwd_split_kernel(
     time. ``hst``/``cst`` ``(B, H)`` fp32 carry the own columns' exact ``h``/``c`` between
     launches and hold the final state. ``bar`` int32 ``(2 + n_b,)``: ticket, error flag, one
     barrier counter per batch tile of the launch (zeroed by the host); ``tile0`` the launch's
-    first batch tile (the host launches no more tiles at once than the GPU holds)."""
+    first batch tile (the host launches no more tiles at once than the GPU holds). ``NK`` > 1:
+    the recurrent product's reduction in ``NK`` slices (``Plan.k_slices``)."""
     pid_b, pid_h = _ticket(bar_ptr, n_h, sync)
     rows = (tile0 + pid_b) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     cmask = cols < H
-    ks = tl.arange(0, HP)
-    kmask = ks < H
     m2 = rmask[:, None] & cmask[None, :]
-    hm = rmask[:, None] & kmask[None, :]
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
     st = rows[:, None] * H + cols[None, :]
-    hrow = rows[:, None] * H + ks[None, :]
-    wt = cols[None, :] * H + ks[:, None]  # W^T slice (HP in, BLOCK_H out) of gate 0
-    wm = kmask[:, None] & cmask[None, :]
+    # h's rows, and W^T's slice (HP in, BLOCK_H out) of gate 0; in NK slices of the reduction
+    hrow, hm, wt, wm = _k_slices(rows, rmask, cols, cmask, H, HP, NK)
     w0, w1, w2, w3 = _gate_tiles(w_ptr + wt, wm, H * H, NG)
+    SIDE: tl.constexpr = NK > 1 and NG > 1  # sliced gates: one product, one sum over the slices
+    # the gates come apart from one tile already: the packed stores would join them again
+    # (compiled for sm_90, LSTM fp32 H = 512: 6 layout conversions a step instead of 14)
+    IO_PACK: tl.constexpr = PACK and not SIDE
+    if SIDE:
+        w_all = _gates_side_by_side(w0, w1, w2, w3)
     bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     h = tl.load(hst_ptr + st, mask=m2, other=0.0)
     c = h
@@ -855,16 +917,19 @@ def fwd_split_kernel(
     failed = 0
     BH = B * H
     gt = rows[:, None] * (GW * H) + cols[None, :]
-    x0, x1, x2, x3 = _load_gates(xg_ptr + t_begin * (GW * BH) + gt, m2, H, NG, PACK)
+    x0, x1, x2, x3 = _load_gates(xg_ptr + t_begin * (GW * BH) + gt, m2, H, NG, IO_PACK)
     for t in range(t_begin, t_end):
         valid = (t < lens)[:, None]
         # the next step's input projections, fetched while this step waits and computes
         nm = m2 & ((t + 1 + tl.zeros_like(rows)) < t_end)[:, None]
-        n0, n1, n2, n3 = _load_gates(xg_ptr + (t + 1) * (GW * BH) + gt, nm, H, NG, PACK)
+        n0, n1, n2, n3 = _load_gates(xg_ptr + (t + 1) * (GW * BH) + gt, nm, H, NG, IO_PACK)
         hk = tl.load(hx_ptr + (t % 2) * BH + hrow, mask=hm, other=0.0, cache_modifier=".cg")
-        p0, p1, p2, p3 = _hidden_products(hk, w0, w1, w2, w3, x0, x1, x2, x3, NG, MODE, PRECISION, UPCAST)
+        if SIDE:
+            p0, p1, p2, p3 = _sliced_products(hk, w_all, x0, x1, x2, x3, MODE, PRECISION, UPCAST)
+        else:
+            p0, p1, p2, p3 = _hidden_products(hk, w0, w1, w2, w3, x0, x1, x2, x3, NG, MODE, PRECISION, UPCAST)
         h_new, c_new, s0, s1, s2, s3 = _fwd_cell(p0, p1, p2, p3, x2, h, c, bhn, MODE, RELU)
-        _store_saved(save_ptr, t * (GW * BH) + gt, s0, s1, s2, s3, m2, H, MODE, PACK)
+        _store_saved(save_ptr, t * (GW * BH) + gt, s0, s1, s2, s3, m2, H, MODE, IO_PACK)
         if MODE == 1:
             c = tl.where(valid, c_new, c)
             tl.store(cs_ptr + t * BH + st, c.to(cs_ptr.dtype.element_ty), mask=m2)
