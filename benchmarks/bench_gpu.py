@@ -14,7 +14,8 @@ magnitude, over the output, final states and every gradient) so a wrong kernel c
 Pass 1 times cuDNN and the Triton default path on every point; pass 2 adds the fused engine and
 the other Triton paths (data for the ``engine="auto"`` policy and the path thresholds). Between
 them a probe fits, at a few sizes, each call's time as ``T`` x per step + fixed per call, for
-cuDNN, the default and the default replayed as CUDA graphs, with the host's time per call. A time
+cuDNN, the default and the default replayed as CUDA graphs, with the host's time per call and,
+at the longer length, a profiler timeline of one call (GPU busy time, kernels, idle gaps). A time
 budget (``--budget-s``) skips what does not fit and says so. Writes ``benchmarks/results/gpu.json``
 (``--out``) and prints a table.
 """
@@ -188,6 +189,62 @@ def host_ms(fn, reps: int = 5) -> float:
     return 1e3 * statistics.median(times)
 
 
+def timeline(fn, calls: int = 3) -> dict:
+    """What the GPU does during ``calls`` calls of ``fn`` (``torch.profiler`` with CUPTI), per
+    call: the wall time (the profiler's own overhead included), the time some kernel runs (the
+    union of the kernels' intervals), the kernels launched, the longest idle gap between two,
+    and the kernels by GPU time. Wall minus busy is the GPU waiting, on the host or between
+    dependent launches; the kernels say which part of a call takes its GPU time."""
+    from torch.profiler import ProfilerActivity, profile, supported_activities
+
+    activities = [a for a in (ProfilerActivity.CPU, ProfilerActivity.CUDA) if a in supported_activities()]
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            res = fn()
+            del res
+        torch.cuda.synchronize()
+    wall_ms = 1e3 * (time.perf_counter() - t0) / calls
+    spans = [
+        (e.time_range.start, e.time_range.end, e.name)
+        for e in prof.events()
+        if getattr(e.device_type, "name", "") == "CUDA"
+    ]
+    return kernel_summary(spans, calls, wall_ms)
+
+
+def kernel_summary(spans: list[tuple[float, float, str]], calls: int, wall_ms: float) -> dict:
+    """:func:`timeline`'s figures from the kernels' ``(start, end, name)`` intervals in µs."""
+    busy = gap = 0.0
+    end = None
+    by_name: dict[str, list[float]] = {}
+    for start, stop, name in sorted(spans):
+        if end is not None and start > end:
+            gap = max(gap, start - end)
+        busy += max(0.0, stop - (start if end is None else max(start, end)))
+        end = stop if end is None else max(end, stop)
+        by_name.setdefault(name[:80], []).append(stop - start)
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:8]
+    return {
+        "wall_ms": wall_ms,
+        "gpu_busy_ms": busy / 1e3 / calls,
+        "kernels": len(spans) / calls,
+        "max_gap_us": gap,
+        "top": [{"kernel": k, "per_call": len(v) / calls, "us": sum(v) / calls} for k, v in top],
+    }
+
+
+def timeline_line(tl: dict) -> str:
+    """One line of :func:`timeline`'s results."""
+    top = ", ".join(f"{t['kernel'][:40]} {t['us']:.0f} us" for t in tl["top"][:4])
+    return (
+        f"wall {tl['wall_ms']:.3f} ms, GPU busy {tl['gpu_busy_ms']:.3f} ms, {tl['kernels']:.0f} kernels, "
+        f"longest gap {tl['max_gap_us']:.0f} us; {top}"
+    )
+
+
 def graph_calls_since(before: dict) -> dict:
     """How the Triton engine's graph plans' calls ran (eager, captured, replayed) since
     ``before``, a copy of ``GRAPHS.stats``."""
@@ -201,16 +258,14 @@ def probe_fixed_cost(args, left) -> list[dict]:
     CUDA graphs (``Plan.graph``): forward + backward at both :data:`PROBE_T` lengths, fitted as
     ``T`` x per step + fixed per call, and the host's share of a call (:func:`host_ms`). What
     session 8 inferred from pairs of grid points, measured: how much of a short call is its
-    fixed cost, and how much of that a graph takes away."""
+    fixed cost, and how much of that a graph takes away (:func:`probe_timelines` adds, after all
+    timing, what the GPU does in each call)."""
     from rnnkit.engine import triton_engine as te
 
     rows = []
     for mode, dname, B, I, H in PROBE_SIZES:
         dtype = DTYPES[dname]
-        default = te.plan_for(mode, B, H, dtype)
-        impls = {"cudnn": None, f"triton:{default.path}": default}
-        impls["triton:graph"] = dataclasses.replace(default, graph=True)
-        for name, plan in impls.items():
+        for name, plan in probe_impls(mode, B, H, dtype).items():
             head = {"mode": mode, "dtype": dname, "B": B, "I": I, "H": H, "impl": name}
             if left() <= 0:
                 rows.append({**head, "skipped": True})
@@ -241,6 +296,48 @@ def probe_fixed_cost(args, left) -> list[dict]:
             rows.append(row)
             print("# fixed cost:", probe_line(row), flush=True)
     return rows
+
+
+def probe_impls(mode: str, B: int, H: int, dtype: torch.dtype) -> dict:
+    """The probe's implementations by name: cuDNN (``None``), the Triton default and the
+    default replayed as CUDA graphs."""
+    from rnnkit.engine import triton_engine as te
+
+    default = te.plan_for(mode, B, H, dtype)
+    return {
+        "cudnn": None,
+        f"triton:{default.path}": default,
+        "triton:graph": dataclasses.replace(default, graph=True),
+    }
+
+
+def probe_timelines(probes: list[dict]) -> None:
+    """Each probed call's :func:`timeline` at the longer length, into its row. Run after all
+    timing: the profiler leaves CUPTI loaded, which slows later launches (pytorch#144455)."""
+    from rnnkit.engine import triton_engine as te
+
+    # graph replays last: should CUPTI trip over them, the others are recorded
+    for row in sorted(probes, key=lambda r: r["impl"] == "triton:graph"):
+        if row.get("skipped") or "error" in row:
+            continue
+        dtype = DTYPES[row["dtype"]]
+        plan = probe_impls(row["mode"], row["B"], row["H"], dtype)[row["impl"]]
+        prob = Problem(row["mode"], row["B"], PROBE_T[-1], row["I"], row["H"], dtype)
+
+        def fn(p=prob, plan=plan):
+            return p.cudnn() if plan is None else p.engine(te.run, plan=plan)
+
+        try:
+            row["timeline"] = timeline(fn)
+            line = timeline_line(row["timeline"])
+        except Exception as e:  # the profiler may be unavailable; the times stand
+            row["timeline"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            line = row["timeline"]["error"]
+        print(
+            f"# timeline: {row['mode']} {row['dtype']} B={row['B']} H={row['H']} {row['impl']}: {line}",
+            flush=True,
+        )
+        del prob
 
 
 def probe_line(row: dict) -> str:
@@ -587,6 +684,9 @@ def main() -> int:
             _print_row(row)
             save()
 
+    if probes:  # last: the profiler would slow whatever ran after it
+        save()
+        probe_timelines(probes)
     payload = save()
     args.out.with_suffix(".md").write_text(to_markdown(payload))
     _print_table(payload["rows"])
@@ -771,6 +871,12 @@ def to_markdown(payload: dict) -> str:
             "host: the host's time until the call returns):",
             "",
         ] + [f"- {probe_line(row)}" for row in payload["fixed_cost"]]
+        timelines = [row for row in payload["fixed_cost"] if "timeline" in row]
+        lines += ["", "What the GPU does in one call (torch.profiler, its overhead in the wall time):", ""]
+        for row in timelines:
+            tl = row["timeline"]
+            head = f"{row['mode']} {row['dtype']} B={row['B']} T={PROBE_T[-1]} H={row['H']} {row['impl']}"
+            lines.append(f"- {head}: {tl.get('error') or timeline_line(tl)}")
     return "\n".join(lines) + "\n"
 
 

@@ -59,6 +59,9 @@ def test_gpu_benchmarks_run_every_variant_the_next_gpu_call_times(tmp_path):
     assert [p["impl"].split(":")[0] for p in probes] == ["cudnn", "triton", "triton"] * 2
     assert all("error" not in p and "skipped" not in p and p["fixed_ms"] == p["fixed_ms"] for p in probes)
     assert "Fixed cost per call" in markdown and "# fixed cost: gru fp32" in proc.stdout
+    # and what the GPU does in a call (no kernels on the CPU: the profiler ran, the table shows it)
+    assert all("error" not in p["timeline"] and p["timeline"]["wall_ms"] > 0 for p in probes)
+    assert "What the GPU does in one call" in markdown and "# timeline: gru fp32 B=3 H=16 triton:graph: wall" in proc.stdout
     # and gpu_check.sh's memory stage, the graphed calls included
     memory = json.loads((tmp_path / "gpu_memory.json").read_text())["rows"]
     assert [(r["mode"], r["dtype"]) for r in memory] == [("lstm", "fp32"), ("gru", "bf16")]
@@ -83,3 +86,16 @@ def test_k_sliced_variants_apply_where_the_forward_splits(monkeypatch):
     assert w16k.half_w and w16k.path == "split" and w16k.k_slices == 2
     assert _variant_plan("w16k", "gru", 64, 512, bf16) is None  # float32 layers only
     assert _variant_plan("w16k", "lstm", 8, 64, f32) is None  # w16 is resident there
+
+
+def test_kernel_summary_counts_busy_time_once_and_finds_the_longest_gap(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_gpu import kernel_summary
+
+    # two calls; µs intervals: a and b overlap (10-40 busy once), a 60 µs gap, c inside d
+    spans = [(10, 30, "a"), (20, 40, "b"), (100, 150, "d"), (110, 120, "c"), (150, 160, "a")]
+    got = kernel_summary(spans, calls=2, wall_ms=1.0)
+    assert got["gpu_busy_ms"] == (30 + 60) / 1e3 / 2
+    assert got["max_gap_us"] == 60 and got["kernels"] == 2.5 and got["wall_ms"] == 1.0
+    assert [t["kernel"] for t in got["top"]] == ["d", "a", "b", "c"]
+    assert got["top"][1] == {"kernel": "a", "per_call": 1.0, "us": 15.0}
