@@ -380,7 +380,7 @@ def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
 #: takes the host's per-call work off the GPU's critical path; ``gemm_graph``: for B >= 64, the gemm path
 #: (cuBLAS per step) replayed so, ``graph_plan``; timing's first warm-up call sees a call's key, the second
 #: captures its graphs, the timed calls replay them; ``splitk``/``w16k``: the split plan, and w16's where it
-#: splits, with the forward's recurrent product in reduction slices so that no warp repeats another's,
+#: splits, with each step's recurrent products in reduction slices so that no warp repeats another's,
 #: ``Plan.k_slices``, ``k_sliced``).
 ALL_EXTRA_PATHS = (
     "resident",

@@ -105,7 +105,7 @@ def variants():
                         elif path == "split":
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=te._hp(H))
                             kernels = [(K.fwd_split_kernel, c), (K.bwd_split_kernel, c)]
-                            kernels += _sliced_forward(plan, H, c)
+                            kernels += _sliced(plan, H, c)
                         else:
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
                             kernels = [
@@ -138,15 +138,16 @@ def _w16_kernels(mode: str, B: int, H: int) -> list:
     if plan.path == "resident":
         return [(K.fwd_resident_kernel, c)]
     c = dict(c, HP=te._hp(H))
-    return [(K.fwd_split_kernel, c)] + _sliced_forward(plan, H, c)
+    return [(K.fwd_split_kernel, c)] + _sliced(plan, H, c, backward=False)
 
 
-def _sliced_forward(plan, H: int, c: dict) -> list:
-    """The split forward of ``k_sliced(plan)`` (``Plan.k_slices``), where it slices."""
+def _sliced(plan, H: int, c: dict, backward: bool = True) -> list:
+    """The split kernels of ``k_sliced(plan)`` (``Plan.k_slices``), where it slices."""
     sliced = te.k_sliced(plan, H)
     if sliced.k_slices == 1:
         return []
-    return [(K.fwd_split_kernel, dict(c, NK=sliced.k_slices, _plan=sliced))]
+    fns = (K.fwd_split_kernel, K.bwd_split_kernel) if backward else (K.fwd_split_kernel,)
+    return [(fn, dict(c, NK=sliced.k_slices, _plan=sliced)) for fn in fns]
 
 
 def main() -> int:

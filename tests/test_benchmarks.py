@@ -61,7 +61,8 @@ def test_gpu_benchmarks_run_every_variant_the_next_gpu_call_times(tmp_path):
     assert "Fixed cost per call" in markdown and "# fixed cost: gru fp32" in proc.stdout
     # and what the GPU does in a call (no kernels on the CPU: the profiler ran, the table shows it)
     assert all("error" not in p["timeline"] and p["timeline"]["wall_ms"] > 0 for p in probes)
-    assert "What the GPU does in one call" in markdown and "# timeline: gru fp32 B=3 H=16 triton:graph: wall" in proc.stdout
+    assert "What the GPU does in one call" in markdown
+    assert "# timeline: gru fp32 B=3 H=16 triton:graph: wall" in proc.stdout
     # and gpu_check.sh's memory stage, the graphed calls included
     memory = json.loads((tmp_path / "gpu_memory.json").read_text())["rows"]
     assert [(r["mode"], r["dtype"]) for r in memory] == [("lstm", "fp32"), ("gru", "bf16")]

@@ -233,8 +233,8 @@ def test_packed_gate_io_matches_reference(mode, path, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mode, H, k", [("rnn", 40, 4), ("lstm", 24, 2), ("gru", 40, 2)])
-def test_k_sliced_split_forward_matches_reference(mode, H, k, dtype):
-    # Plan.k_slices: the forward's recurrent product over H in k slices (3-d products summed);
+def test_k_sliced_split_plans_match_reference(mode, H, k, dtype):
+    # Plan.k_slices: each step's recurrent products over H in k slices (3-d products summed);
     # H = 40 pads to 64 (three programs, the last ragged; four slices of 16, the last two
     # holding 8 real rows and padding), H = 24 to 32
     plan = dataclasses.replace(te.Plan("split", 16, 16, 16, num_warps=8), k_slices=k)
@@ -823,8 +823,8 @@ def test_gpu_benchmark_variants(mode, path, B, block_b, packed):
 @pytest.mark.parametrize("H, sliced", [(48, False), (208, False), (512, False), (512, True)])
 def test_gpu_half_w_plans(mode, H, sliced):
     # what benchmarks/bench_gpu.py's w16 and w16k variants run: resident at H = 48, split beyond
-    # (at H = 512 with the float16-sized slices, wider than float32's; w16k: the forward's product
-    # in k slices), against the exact emulation
+    # (at H = 512 with the float16-sized slices, wider than float32's; w16k: the products in k
+    # slices, the float32 backward's too), against the exact emulation
     B, T = 37, 29
     lengths = torch.tensor([(7 * b) % T + 1 for b in range(B)])
     x, state, weights = _problem(mode, B, T, 33, H, torch.float32)
@@ -846,9 +846,9 @@ def test_gpu_half_w_plans(mode, H, sliced):
     [("lstm", 512, torch.float32), ("gru", 512, torch.bfloat16), ("rnn", 208, torch.float32)],
 )
 def test_gpu_k_sliced_split_plans(mode, H, dtype):
-    # what benchmarks/bench_gpu.py's splitk variant runs: the split plan, its forward's product in
-    # k slices (LSTM fp32 H = 512: 16 columns, 4 slices; GRU bf16: 32 columns, 2; H = 208 pads
-    # to 256)
+    # what benchmarks/bench_gpu.py's splitk variant runs: the split plan, its products in k
+    # slices (LSTM fp32 H = 512: 16 columns, 4 slices; GRU bf16: 32 columns, 2; H = 208 pads to
+    # 256)
     B, T = 37, 29
     lengths = [(7 * b) % T + 1 for b in range(B)]
     plan = te.k_sliced(te.plan_for(mode, B, H, dtype, "split"), H)

@@ -131,17 +131,19 @@ class Plan:
     host's per-call work off the GPU's critical path: about 1 ms a forward + backward on the
     lent H100 (run 5b's times fit ``T`` x per-step + 0.8-1.3 ms), a third of the call at
     ``T`` = 64-256; and, for ``gemm``, its ~40 us a step of host launches. Not timed on a GPU
-    yet, so not a default. ``k_slices`` (``split`` only, forward): the recurrent product's
-    reduction over ``H`` in that many slices, one 3-d product whose warps split over the slices
-    (LSTM and GRU: the gates side by side in it), summed on chip (:func:`k_sliced`). A ``split``
-    program's product is ``(block_b, H) @ (H, block_h)`` per gate; on 8 warps Triton's mma layout
-    spreads the warps over that 16-row by ``block_h``-column output alone, so at ``block_h`` 16
-    all eight warps compute the same tile (32: two copies of each), each holding the whole
-    ``H``-deep operands. Sliced, no warp repeats another's work. Compiled for sm_90
-    (``benchmarks/compile_check.py``), LSTM fp32 ``H`` = 512: 64 mma instructions per thread a
-    step instead of 512, 176 registers and no spill instead of 255 and 60 bytes; the split
-    forwards at ``H`` = 256-512 lose their spills but LSTM bf16's (454 to 68 bytes). Not timed on
-    a GPU yet, so not a default. Block sizes are powers of two >= 16 (``tl.dot``'s minimum).
+    yet, so not a default. ``k_slices`` (``split`` only): each step's recurrent product, forward
+    and backward, with its reduction over ``H`` in that many slices: one 3-d product whose warps
+    split over the slices, summed on chip (forward LSTM and GRU: the gates side by side in it;
+    :func:`k_sliced`). A ``split`` program's product is ``(block_b, H) @ (H, block_h)`` per gate;
+    on 8 warps Triton's mma layout spreads the warps over that 16-row by ``block_h``-column
+    output alone, so at ``block_h`` 16 all eight warps compute the same tile, gate arithmetic
+    included (32: two copies of each), each holding the whole ``H``-deep operands. Sliced, no warp
+    repeats another's work. Compiled for sm_90 (SASS of LSTM fp32 ``H`` = 512, per thread and
+    step): forward 1608 instructions instead of 3032 (64 mma instead of 512, no spill instead of
+    13 spill loads), backward 3256 instead of 4608 (64 mma instead of 512, 167 spill loads instead
+    of 81); the split forwards at ``H`` = 256-512 lose their spills but LSTM bf16's (454 to 68
+    bytes). Not timed on a GPU yet, so not a default. Block sizes are powers of two >= 16
+    (``tl.dot``'s minimum).
     """
 
     path: str
@@ -262,8 +264,8 @@ def w16_plan(mode: str, batch: int, hidden_size: int) -> Plan | None:
 
 
 def k_sliced(plan: Plan, hidden_size: int) -> Plan:
-    """``plan`` (a ``split`` plan) with the forward's recurrent product in ``k_slices`` slices of
-    the reduction: as many as leave no warp repeating another's product (``num_warps * 8 /
+    """``plan`` (a ``split`` plan) with its recurrent products in ``k_slices`` slices of the
+    reduction: as many as leave no warp repeating another's product (``num_warps * 8 /
     block_h``, mma tiles being 8 columns wide), each at least 16 deep; ``plan`` itself where that
     is one slice."""
     k = max(1, min(plan.num_warps * 8 // plan.block_h, _hp(hidden_size) // 16))
@@ -283,7 +285,7 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
     ``W_hh`` fits one program (also on 2 warps up to ``H`` = 64), ``split`` with 16- and 32-column
     slices and, for ``B`` >= 64, 64-row batch tiles (wgmma-sized products) where they fit,
     ``persistent`` with 16/32- and 64-row tiles, the packed gate I/O of LSTM and GRU, each
-    ``split`` plan with its forward's product in reduction slices (:func:`k_sliced`), the default
+    ``split`` plan with its products in reduction slices (:func:`k_sliced`), the default
     replayed as a CUDA graph (``Plan.graph``), and where ``persistent`` is the default the ``gemm``
     path replayed so (:func:`graph_plan`). Not ``gemm`` launched step by step, or ``stepwise``:
     launch-bound, slower at every size measured."""
@@ -619,6 +621,13 @@ def _launch(plan: Plan) -> dict:
     return dict(num_warps=plan.num_warps, num_stages=plan.num_stages, PACK=plan.packed_io)
 
 
+def _split_options(plan: Plan, H: int, flags: dict) -> dict:
+    """The split kernels' compile-time arguments (``NK`` only where sliced: unsliced calls keep
+    the kernels they compiled before ``Plan.k_slices``)."""
+    options = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
+    return options | {"NK": plan.k_slices} if plan.k_slices > 1 else options
+
+
 def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
     """The forward kernels: ``(out, cs, save, h_n, c_n)``, ``save`` the gate buffer ``(T, B, GW *
     H)`` holding the saved activations (LSTM, GRU; the RNN saves nothing but ``out``, returned in
@@ -721,9 +730,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
                     torch.mm(h0 if t == 0 else out[t - 1], w_t, out=gh[:, :G])
                     K.fwd_cell_kernel[grid](xg, gh, b_hn, lens, hn, cn, out, cs, save, t, B, H, **common)
         elif plan.path == "split":
-            common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
-            if plan.k_slices > 1:
-                common["NK"] = plan.k_slices
+            common = _split_options(plan, H, flags)
             for tile0, tiles, bar in state["groups"]:
                 bar.zero_()
                 grid = (tiles * n_h,)
@@ -814,8 +821,11 @@ class _TritonLayer(torch.autograd.Function):
                 save = _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, ctx.nonlinearity, plan)[2]
             ctx.save_spent = True
             dg = save  # the gate gradients of each step go over its saved activations
-        if plan.half_w:  # the backward reads W_hh in float32 (TF32 products): the default's slices
+        if plan.half_w:  # the backward reads W_hh in float32 (TF32 products): the default's slices,
+            # sliced for a sliced forward
+            sliced = plan.k_slices > 1
             plan = dataclasses.replace(plan_for(mode, B, H, dt), graph=plan.graph)
+            plan = k_sliced(plan, H) if sliced and plan.path == "split" else plan
         c0 = c0 if c0 is not None else h0
         # Every tensor is allocated here, then one closure launches the work (_replayable).
         dout_given = dout is not None
@@ -891,7 +901,7 @@ class _TritonLayer(torch.autograd.Function):
                         torch.mm(a, w, out=state["part"])
                         dh0.add_(state["part"])
             elif plan.path == "split":
-                common = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
+                common = _split_options(plan, H, flags)
                 for tile0, tiles, bar in state["groups"]:
                     bar.zero_()
                     grid = (tiles * n_h,)

@@ -85,24 +85,34 @@ def _rec_mm(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _k_slices(rows, rmask, cols, cmask, H, HP: tl.constexpr, NK: tl.constexpr):
-    """Offsets and masks ``(h_off, h_mask, w_off, w_mask)`` of the forward's recurrent product
-    ``h @ W^T`` over the reduction ``k < HP``: ``h`` rows ``rows * H + k``, and the ``W^T`` slice of
-    gate 0 (``k`` in, ``cols`` out) at ``cols * H + k``. ``NK`` 1: 2-d operands ``(M, HP)`` and
-    ``(HP, N)``; else 3-d, ``(NK, M, HP / NK)`` and ``(NK, HP / NK, N)`` (:func:`_rec_mm`)."""
+def _k_slices(
+    rows, rmask, cols, cmask, H, row_stride, HP: tl.constexpr, NK: tl.constexpr, W_OUT: tl.constexpr
+):
+    """Offsets and masks ``(a_off, a_mask, w_off, w_mask)`` of a split program's recurrent
+    product ``a @ w`` over the reduction ``k < HP``: ``a`` rows ``rows`` at ``rows * row_stride +
+    k``; ``w`` gate 0's ``W_hh`` slice as ``(k, cols)``, read transposed (``W_OUT`` false, the
+    forward: ``k`` indexes ``W_hh``'s inputs) or as stored (``W_OUT``, the backward: its output
+    rows). ``NK`` 1: 2-d operands ``(M, HP)`` and ``(HP, N)``; else 3-d, ``(NK, M, HP / NK)`` and
+    ``(NK, HP / NK, N)``, the reduction in ``NK`` slices (``Plan.k_slices``)."""
     if NK == 1:
         ks = tl.arange(0, HP)
-        h_off = rows[:, None] * H + ks[None, :]
-        h_mask = rmask[:, None] & (ks < H)[None, :]
-        w_off = cols[None, :] * H + ks[:, None]
+        a_off = rows[:, None] * row_stride + ks[None, :]
+        a_mask = rmask[:, None] & (ks < H)[None, :]
+        if W_OUT:
+            w_off = ks[:, None] * H + cols[None, :]
+        else:
+            w_off = cols[None, :] * H + ks[:, None]
         w_mask = (ks < H)[:, None] & cmask[None, :]
     else:
         kk = (tl.arange(0, NK) * (HP // NK))[:, None] + tl.arange(0, HP // NK)[None, :]  # (NK, KC)
-        h_off = rows[None, :, None] * H + kk[:, None, :]
-        h_mask = rmask[None, :, None] & (kk < H)[:, None, :]
-        w_off = cols[None, None, :] * H + kk[:, :, None]
+        a_off = rows[None, :, None] * row_stride + kk[:, None, :]
+        a_mask = rmask[None, :, None] & (kk < H)[:, None, :]
+        if W_OUT:
+            w_off = kk[:, :, None] * H + cols[None, None, :]
+        else:
+            w_off = cols[None, None, :] * H + kk[:, :, None]
         w_mask = (kk < H)[:, :, None] & cmask[None, None, :]
-    return h_off, h_mask, w_off, w_mask
+    return a_off, a_mask, w_off, w_mask
 
 
 @triton.jit
@@ -901,7 +911,7 @@ def fwd_split_kernel(
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
     st = rows[:, None] * H + cols[None, :]
     # h's rows, and W^T's slice (HP in, BLOCK_H out) of gate 0; in NK slices of the reduction
-    hrow, hm, wt, wm = _k_slices(rows, rmask, cols, cmask, H, HP, NK)
+    hrow, hm, wt, wm = _k_slices(rows, rmask, cols, cmask, H, H, HP, NK, False)
     w0, w1, w2, w3 = _gate_tiles(w_ptr + wt, wm, H * H, NG)
     SIDE: tl.constexpr = NK > 1 and NG > 1  # sliced gates: one product, one sum over the slices
     # the gates come apart from one tile already: the packed stores would join them again
@@ -985,6 +995,7 @@ def bwd_split_kernel(
     HP: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    NK: tl.constexpr = 1,
 ):
     """Stages ``u_hi >= u > u_lo`` of the backward on the grid of :func:`fwd_split_kernel`; stage
     ``u`` finishes ``dh`` for step ``u - 1`` on the own columns, ``direct + sum_k dg[u, :, k] @
@@ -997,15 +1008,12 @@ def bwd_split_kernel(
     rmask = rows < B
     cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     cmask = cols < H
-    ks = tl.arange(0, HP)
-    kmask = ks < H
     m2 = rmask[:, None] & cmask[None, :]
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
     st = rows[:, None] * H + cols[None, :]
     gt = rows[:, None] * (GW * H) + cols[None, :]
-    grow = rows[:, None] * (GW * H) + ks[None, :]
-    wo = ks[:, None] * H + cols[None, :]  # W slice as stored (HP out, BLOCK_H in) of gate 0
-    wm = kmask[:, None] & cmask[None, :]
+    # gate gradients' rows, and gate 0's W slice as stored (HP out, BLOCK_H in); NK slices
+    grow, gm0, wo, wm = _k_slices(rows, rmask, cols, cmask, H, GW * H, HP, NK, True)
     w0, w1, w2, w3 = _gate_tiles(w_ptr + wo, wm, H * H, NG)
     direct = tl.load(direct_ptr + st, mask=m2, other=0.0)
     dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
@@ -1024,9 +1032,17 @@ def bwd_split_kernel(
             nt, m2, st, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE, GW, PACK
         )
         # dg[u] is zero past the last step (u == T): mask its loads off
-        gm = (rmask & ((u + tl.zeros_like(rows)) < T))[:, None] & kmask[None, :]
+        live = (u + tl.zeros_like(rows)) < T
+        if NK == 1:  # the unsliced mask as it was
+            gm = (rmask & live)[:, None] & (tl.arange(0, HP) < H)[None, :]
+        else:
+            gm = gm0 & live[None, :, None]
         base = dgi_ptr + u * (GW * BH) + grow
-        dh = _mm(tl.load(base, mask=gm, other=0.0, cache_modifier=".cg"), w0, direct, PRECISION, UPCAST)
+        if NK == 1:
+            dh = direct
+        else:
+            dh = tl.zeros((NK, BLOCK_B, BLOCK_H), tl.float32)
+        dh = _mm(tl.load(base, mask=gm, other=0.0, cache_modifier=".cg"), w0, dh, PRECISION, UPCAST)
         if NG > 1:
             a1 = tl.load(base + H, mask=gm, other=0.0, cache_modifier=".cg")
             dh = _mm(a1, w1, dh, PRECISION, UPCAST)
@@ -1035,6 +1051,8 @@ def bwd_split_kernel(
         if NG > 3:
             a3 = tl.load(base + 3 * H, mask=gm, other=0.0, cache_modifier=".cg")
             dh = _mm(a3, w3, dh, PRECISION, UPCAST)
+        if NK > 1:
+            dh = direct + tl.sum(dh, axis=0)
         if u > u_lo:
             t = u - 1
             valid = (t < lens)[:, None]
