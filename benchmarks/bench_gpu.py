@@ -381,7 +381,8 @@ def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
 #: (cuBLAS per step) replayed so, ``graph_plan``; timing's first warm-up call sees a call's key, the second
 #: captures its graphs, the timed calls replay them; ``splitk``/``w16k``: the split plan, and w16's where it
 #: splits, with each step's recurrent products in reduction slices so that no warp repeats another's,
-#: ``Plan.k_slices``, ``k_sliced``).
+#: ``Plan.k_slices``, ``k_sliced``; ``resident_wide``: the resident path on one warp per 8 hidden columns
+#: (H = 64: 8 warps, 128: 16), half the instructions per thread a step, ``wide_resident``).
 ALL_EXTRA_PATHS = (
     "resident",
     "resident2",
@@ -400,6 +401,7 @@ ALL_EXTRA_PATHS = (
     "gemm_graph",
     "splitk",
     "w16k",
+    "resident_wide",
 )
 
 
@@ -408,6 +410,8 @@ def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
 
     if name == "w16":
         return te.w16_plan(mode, B, H) if dtype == torch.float32 else None
+    if name == "resident_wide":
+        return te.wide_resident(mode, B, H, dtype)
     if name in ("splitk", "w16k"):
         if name == "w16k":
             plan = _variant_plan("w16", mode, B, H, dtype)

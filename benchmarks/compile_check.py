@@ -2,7 +2,11 @@
 
 This proves the kernels pass Triton's compiled-mode checks (the interpreter is more lenient) and
 reports, per variant, the registers, spills and shared memory that ptxas and Triton assign,
-against the H100's 227 KiB of shared memory per block. It measures nothing about speed.
+against the H100's 227 KiB of shared memory per block, and what the machine code holds (SASS
+from the bundled ``nvdisasm``: instructions, mma, spill loads and stores, barriers, special-function
+and memory instructions). Each kernel is compiled as the launcher specialises it: every tensor
+16-byte aligned (torch's allocations are) and ``H`` divisible by 16 where it is. It measures
+nothing about speed.
 
     PYTHONPATH=src python benchmarks/compile_check.py [--out benchmarks/results/compile_sm90.json]
 
@@ -81,7 +85,7 @@ def ptxas_info(ptx: str) -> dict:
 
 
 def variants():
-    """(kernel, dtype, constexprs, plan, where) for every default and alternative plan."""
+    """(kernel, dtype, constexprs, plan, where, H) for every default and alternative plan."""
     seen = set()
     for grid, modes in ((ISSUE_GRID, ("lstm", "gru")), (LAYERS_GRID, ("lstm", "gru", "rnn"))):
         for B, _T, _I, H in grid:
@@ -94,6 +98,10 @@ def variants():
                         if path == "resident":
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h)
                             kernels = [(K.fwd_resident_kernel, c), (K.bwd_resident_kernel, c)]
+                            wide = te.wide_resident(mode, B, H, dtype)
+                            if wide is not None:
+                                tag = dict(c, _plan=wide, _tag=" wide")
+                                kernels += [(K.fwd_resident_kernel, tag), (K.bwd_resident_kernel, dict(tag))]
                         elif path == "gemm":
                             c = dict(
                                 te._cell_flags(mode, "tanh"),
@@ -117,14 +125,15 @@ def variants():
                         for fn, cx in kernels:
                             name = cx.pop("_dtype", TL_NAME[dtype])
                             run_plan = cx.pop("_plan", plan)
+                            tag = cx.pop("_tag", "")
                             launch = (run_plan.num_warps, run_plan.num_stages)  # path: a runtime argument
                             key = (fn.__name__, name, tuple(sorted(cx.items())), launch)
                             if key not in seen:
                                 seen.add(key)
-                                shown = "w16" if name == "fp32+w16" else path
+                                shown = ("w16" if name == "fp32+w16" else path) + tag
                                 shown += f" k{cx['NK']}" if "NK" in cx else ""
                                 where = f"{mode} {TL_NAME[dtype]} B={B} H={H} {shown}"
-                                yield fn, name, cx, run_plan, where
+                                yield fn, name, cx, run_plan, where, H
 
 
 def _w16_kernels(mode: str, B: int, H: int) -> list:
@@ -155,7 +164,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compile_sm90.json")
     args = ap.parse_args()
     rows = []
-    for fn, dtype, cx, plan, where in variants():
+    for fn, dtype, cx, plan, where, H in variants():
         t0 = time.perf_counter()
         row = {
             "kernel": fn.__name__,
@@ -168,13 +177,15 @@ def main() -> int:
         }
         try:
             cx = _with_defaults(fn, cx)
-            src = ASTSource(fn, signature(fn, dtype, cx), cx)
+            sig = signature(fn, dtype, cx)
+            src = ASTSource(fn, sig, cx, specialised(fn, sig, H))
             options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
             k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
             row["shared_bytes"] = k.metadata.shared
             row["fits_h100_smem"] = k.metadata.shared <= H100_SMEM
             row["weights_staged_in_smem_before_loop"] = _hoisted(k.asm["ttgir"])
             row.update(ptxas_info(k.asm["ptx"]))
+            row["sass"] = sass_counts(k.asm["cubin"])
         except Exception as e:
             while e.__cause__ is not None:  # Triton wraps the real error once per inlined call
                 e = e.__cause__
@@ -188,6 +199,34 @@ def main() -> int:
     bad = [r for r in rows if "error" in r or not r.get("fits_h100_smem", False)]
     print(f"wrote {args.out}: {len(rows)} variants, {len(bad)} failing or over the shared-memory limit")
     return 1 if bad else 0
+
+
+def specialised(fn, sig: dict, H: int) -> dict:
+    """The attributes Triton's launcher gives a call at hidden size ``H``: every pointer 16-byte
+    aligned, ``H`` divisible by 16 where it is (the other integers are not specialised:
+    ``do_not_specialize``). Without them, loads and stores compile unvectorised."""
+    return {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(fn.arg_names)
+        if sig[name].startswith("*") or (name == "H" and H % 16 == 0)
+    }
+
+
+#: SASS opcodes :func:`sass_counts` reports (``LDL``/``STL``: spilled registers; ``MUFU``: the
+#: special-function unit, exp and reciprocal; ``LDSM``: shared-memory matrix loads for mma)
+SASS_OPS = ("HMMA", "LDL", "STL", "BAR", "MUFU", "LDS", "LDSM", "STS", "LDG", "STG")
+
+
+def sass_counts(cubin: bytes) -> dict:
+    """Instructions in the kernel's machine code (all, and those of :data:`SASS_OPS`), from the
+    bundled ``nvdisasm``. Most of a persistent kernel's code is its time loop, unrolled inside."""
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "k.cubin"
+        path.write_bytes(cubin)
+        text = subprocess.run([str(nvdisasm), "-c", str(path)], capture_output=True, text=True).stdout
+    ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", text)
+    return {"instructions": len(ops)} | {op: ops.count(op) for op in SASS_OPS}
 
 
 def _with_defaults(fn, constexprs: dict) -> dict:

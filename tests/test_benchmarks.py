@@ -69,7 +69,7 @@ def test_gpu_benchmarks_run_every_variant_the_next_gpu_call_times(tmp_path):
     assert all(sum(r["graph"]["calls"].values()) == 8 and "pool_mib" in r["graph"] for r in memory)
 
 
-def test_k_sliced_variants_apply_where_the_forward_splits(monkeypatch):
+def test_k_sliced_and_wide_variants_apply_where_they_should(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import torch
 
@@ -87,6 +87,9 @@ def test_k_sliced_variants_apply_where_the_forward_splits(monkeypatch):
     assert w16k.half_w and w16k.path == "split" and w16k.k_slices == 2
     assert _variant_plan("w16k", "gru", 64, 512, bf16) is None  # float32 layers only
     assert _variant_plan("w16k", "lstm", 8, 64, f32) is None  # w16 is resident there
+    # and the resident path on one warp per 8 columns
+    assert _variant_plan("resident_wide", "lstm", 8, 64, f32) == te.wide_resident("lstm", 8, 64, f32)
+    assert _variant_plan("resident_wide", "gru", 8, 32, f32) is None  # the default already
 
 
 def test_kernel_summary_counts_busy_time_once_and_finds_the_longest_gap(monkeypatch):

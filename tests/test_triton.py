@@ -259,6 +259,19 @@ def test_k_sliced_plans_and_their_refusals():
         te.run("gru", x, state, weights, plan=dataclasses.replace(split16, k_slices=4))
 
 
+def test_wide_resident_plans_one_warp_per_eight_columns():
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert te.wide_resident("lstm", 8, 64, f32).num_warps == 8
+    assert te.wide_resident("gru", 32, 128, bf16).num_warps == 16
+    assert te.wide_resident("lstm", 32, 100, bf16) == dataclasses.replace(
+        te.plan_for("lstm", 32, 100, bf16, "resident"), num_warps=16
+    )  # pads to 128
+    assert te.wide_resident("lstm", 8, 32, f32) is None  # the default's 4 warps already
+    assert te.wide_resident("lstm", 8, 128, f32) is None  # float32 W_hh too big for one program
+    assert te.wide_resident("rnn", 8, 256, bf16).num_warps == 16  # 32 tiles of 8 columns: capped
+    assert te.wide_resident("lstm", 8, 256, bf16) is None
+
+
 def test_float16_matches_reference():
     plan = _plan("gru", "resident", torch.float16, H=16)
     _check("gru", 3, 7, 5, 16, torch.float16, plan, lengths=LENGTHS)
@@ -853,6 +866,17 @@ def test_gpu_k_sliced_split_plans(mode, H, dtype):
     lengths = [(7 * b) % T + 1 for b in range(B)]
     plan = te.k_sliced(te.plan_for(mode, B, H, dtype, "split"), H)
     assert plan.k_slices > 1
+    _check(mode, B, T, 33, H, dtype, plan, lengths=lengths)
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode, H, dtype", [("lstm", 64, torch.float32), ("gru", 128, torch.bfloat16)])
+def test_gpu_wide_resident_plans(mode, H, dtype):
+    # what benchmarks/bench_gpu.py's resident_wide variant runs: 8 and 16 warps
+    B, T = 37, 29
+    lengths = [(7 * b) % T + 1 for b in range(B)]
+    plan = te.wide_resident(mode, B, H, dtype)
+    assert plan.num_warps == H // 8
     _check(mode, B, T, 33, H, dtype, plan, lengths=lengths)
 
 

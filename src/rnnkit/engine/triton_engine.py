@@ -138,11 +138,11 @@ class Plan:
     on 8 warps Triton's mma layout spreads the warps over that 16-row by ``block_h``-column
     output alone, so at ``block_h`` 16 all eight warps compute the same tile, gate arithmetic
     included (32: two copies of each), each holding the whole ``H``-deep operands. Sliced, no warp
-    repeats another's work. Compiled for sm_90 (SASS of LSTM fp32 ``H`` = 512, per thread and
-    step): forward 1608 instructions instead of 3032 (64 mma instead of 512, no spill instead of
-    13 spill loads), backward 3256 instead of 4608 (64 mma instead of 512, 167 spill loads instead
-    of 81); the split forwards at ``H`` = 256-512 lose their spills but LSTM bf16's (454 to 68
-    bytes). Not timed on a GPU yet, so not a default. Block sizes are powers of two >= 16
+    repeats another's work. Compiled for sm_90 (``benchmarks/compile_check.py``; SASS per thread
+    and step), LSTM fp32 ``H`` = 512: forward 1248 instructions instead of 2600 (64 mma instead
+    of 512, no spill instead of 16 bytes), backward 1608 instead of 3256 (64 mma instead of 512,
+    116 bytes spilled instead of 132); GRU fp32 ``H`` = 512's forward spills nothing instead of 544
+    bytes. Not timed on a GPU yet, so not a default. Block sizes are powers of two >= 16
     (``tl.dot``'s minimum).
     """
 
@@ -272,6 +272,24 @@ def k_sliced(plan: Plan, hidden_size: int) -> Plan:
     return dataclasses.replace(plan, k_slices=k) if k > 1 else plan
 
 
+def wide_resident(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan | None:
+    """The ``resident`` plan on one warp per 8 of the padded hidden columns (``H`` = 64: 8 warps,
+    128: 16), or ``None`` where that is the default's count or ``W_hh`` does not fit one program.
+    Each gate's product is ``(16, H)``, and mma tiles are 8 columns wide, so the default's warps
+    (4 up to ``H`` = 64, else 8) each hold two columns' tiles and their gate arithmetic, in one
+    dependent chain a step. Compiled for sm_90, per thread and step: LSTM fp32 ``H`` = 64 forward
+    752 instructions instead of 1360, backward 800 instead of 1312; bf16 ``H`` = 128, 824 and 872
+    instead of 1320 and 1328, in at most 128 registers (16 warps' share of the register file). The
+    same instructions in all, in chains half as long. Not timed on a GPU yet, so not a default."""
+    HP = _hp(hidden_size)
+    elt = torch.empty(0, dtype=dtype).element_size()
+    if NUM_GATES[mode] * HP * HP * elt > SPLIT_MAX_BYTES:
+        return None
+    plan = plan_for(mode, batch, hidden_size, dtype, "resident")
+    warps = min(16, HP // 8)
+    return dataclasses.replace(plan, num_warps=warps) if warps > plan.num_warps else None
+
+
 def graph_plan(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan:
     """The ``gemm`` plan whose calls replay as CUDA graphs (``Plan.graph``): each step one
     library matrix product and one cell kernel, without the host's launch work. Meant for steps
@@ -282,7 +300,8 @@ def graph_plan(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> P
 
 def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> list[Plan]:
     """The distinct plans :func:`tune` times at this size, the default first: ``resident`` where
-    ``W_hh`` fits one program (also on 2 warps up to ``H`` = 64), ``split`` with 16- and 32-column
+    ``W_hh`` fits one program (also on 2 warps up to ``H`` = 64, and on one warp per 8 columns,
+    :func:`wide_resident`), ``split`` with 16- and 32-column
     slices and, for ``B`` >= 64, 64-row batch tiles (wgmma-sized products) where they fit,
     ``persistent`` with 16/32- and 64-row tiles, the packed gate I/O of LSTM and GRU, each
     ``split`` plan with its products in reduction slices (:func:`k_sliced`), the default
@@ -297,6 +316,7 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
         plans.append(resident)
         if HP <= 64:
             plans.append(dataclasses.replace(resident, num_warps=2))
+        plans.append(wide_resident(mode, batch, hidden_size, dtype))
     for block_h in (16, 32):
         plans.append(split_plan(mode, batch, hidden_size, dtype, block_h))
         if batch >= 64:
