@@ -232,12 +232,16 @@ def test_packed_gate_io_matches_reference(mode, path, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("mode, H, k", [("rnn", 40, 4), ("lstm", 24, 2), ("gru", 40, 2)])
-def test_k_sliced_split_plans_match_reference(mode, H, k, dtype):
+@pytest.mark.parametrize(
+    "mode, H, k, packed",
+    [("rnn", 40, 4, False), ("lstm", 24, 2, False), ("lstm", 40, 4, True), ("gru", 40, 2, False)],
+)
+def test_k_sliced_split_plans_match_reference(mode, H, k, packed, dtype):
     # Plan.k_slices: each step's recurrent products over H in k slices (3-d products summed);
     # H = 40 pads to 64 (three programs, the last ragged; four slices of 16, the last two
-    # holding 8 real rows and padding), H = 24 to 32
-    plan = dataclasses.replace(te.Plan("split", 16, 16, 16, num_warps=8), k_slices=k)
+    # holding 8 real rows and padding), H = 24 to 32. Packed gate I/O (LSTM's 16-column default):
+    # the sliced forward stores the gates unpacked, the backward loads them packed
+    plan = te.Plan("split", 16, 16, 16, num_warps=8, packed_io=packed, k_slices=k)
     _check(mode, 3, 7, 5, H, dtype, plan, lengths=LENGTHS)
 
 

@@ -12,7 +12,9 @@ Four families, sharing one cell's arithmetic (:func:`_fwd_cell`, :func:`_bwd_cel
   the time loop and keeps ``h`` (and ``c``, ``dh``, ``dc``) in registers, so a step costs ``NG``
   small matrix products plus fused gate arithmetic and no global round trip.
 - ``*_split_kernel``: the hidden dimension split over programs that each keep a column slice of
-  ``W_hh`` on chip and meet at a barrier after every step (one launch on a GPU).
+  ``W_hh`` on chip and meet at a barrier after every step (one launch on a GPU). With ``NK`` > 1
+  a step's product is one 3-d product over ``NK`` slices of its reduction, summed on chip, so
+  that a program's warps share its small output instead of each computing all of it.
 - ``*_blocked_kernel``: any hidden size. ``h`` lives in a small fp32 workspace and ``W_hh`` is
   read tile by tile (from L2) every step. With ``sync`` the programs of a batch tile share its
   hidden blocks and walk all steps, meeting at a barrier after each (one launch); without it
