@@ -776,9 +776,10 @@ def _print_table(rows: list[dict]) -> None:
 def variant_summary(rows: list[dict]) -> list[str]:
     """One line per Triton variant timed beside the default: at how many points it beat the
     default, its median time relative to the default's, and at how many points where the default
-    misses the issue's target it would meet it (what the next default should be decided on); for
-    graph variants, how their calls ran (the first two of each timing are warm-up: one eager,
-    one captured; the timed ones should all replay)."""
+    misses the issue's target it would meet it (what the next default should be decided on), its
+    largest error against cuDNN (a variant is only a candidate if that is the default's order);
+    for graph variants, how their calls ran (the first two of each timing are warm-up: one
+    eager, one captured; the timed ones should all replay)."""
     stats: dict[str, dict] = {}
     for row in rows:
         if "met_target" not in row:  # _summarise found no timed default or cuDNN
@@ -789,8 +790,9 @@ def variant_summary(rows: list[dict]) -> list[str]:
             if not r["impl"].startswith("triton:") or r.get("default") or "us_per_step" not in r:
                 continue
             st = stats.setdefault(
-                r["impl"], {"points": 0, "faster": 0, "rel": [], "rescued": 0, "calls": Counter()}
+                r["impl"], {"points": 0, "faster": 0, "rel": [], "rescued": 0, "calls": Counter(), "err": 0.0}
             )
+            st["err"] = max(st["err"], r.get("rel_err_vs_cudnn", float("nan")))
             rel = r["us_per_step"] / default["us_per_step"]
             st["points"] += 1
             st["faster"] += rel < 1.0
@@ -801,7 +803,7 @@ def variant_summary(rows: list[dict]) -> list[str]:
     return [
         f"{name.removeprefix('triton:')}: faster than the default at {st['faster']} of {st['points']} "
         f"points, median time {statistics.median(st['rel']):.2f}x the default's, meets the target at "
-        f"{st['rescued']} points where the default misses it"
+        f"{st['rescued']} points where the default misses it, largest error against cuDNN {st['err']:.1e}"
         + (
             "; calls (warm-up included): " + ", ".join(f"{n} {how}" for how, n in sorted(st["calls"].items()))
             if st["calls"]

@@ -54,6 +54,7 @@ def test_gpu_benchmarks_run_every_variant_the_next_gpu_call_times(tmp_path):
     markdown = out.with_suffix(".md").read_text()
     assert "Variants against the default:" in markdown and "- gemm_graph: faster than" in markdown
     assert "gemm_graph: faster than the default" in proc.stdout
+    assert "largest error against cuDNN" in proc.stdout  # a wrong variant cannot look like a win
     # the fixed-cost probe: cuDNN, the default and its graph variant at each size, fitted
     probes = payload["fixed_cost"]
     assert [p["impl"].split(":")[0] for p in probes] == ["cudnn", "triton", "triton"] * 2
