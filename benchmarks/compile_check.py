@@ -9,6 +9,7 @@ and memory instructions). Each kernel is compiled as the launcher specialises it
 nothing about speed.
 
     PYTHONPATH=src python benchmarks/compile_check.py [--out benchmarks/results/compile_sm90.json]
+    PYTHONPATH=src python benchmarks/compile_check.py --only "H=64 resident" --out /tmp/c.json
 
 Needs triton (with its bundled ptxas); uses ``triton.compile`` on an ``ASTSource`` directly.
 """
@@ -162,9 +163,12 @@ def _sliced(plan, H: int, c: dict, backward: bool = True) -> list:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compile_sm90.json")
+    ap.add_argument("--only", default="", help="only the variants whose first use contains this text")
     args = ap.parse_args()
     rows = []
     for fn, dtype, cx, plan, where, H in variants():
+        if args.only not in where:
+            continue
         t0 = time.perf_counter()
         row = {
             "kernel": fn.__name__,

@@ -104,3 +104,37 @@ def test_kernel_summary_counts_busy_time_once_and_finds_the_longest_gap(monkeypa
     assert got["max_gap_us"] == 60 and got["kernels"] == 2.5 and got["wall_ms"] == 1.0
     assert [t["kernel"] for t in got["top"]] == ["d", "a", "b", "c"]
     assert got["top"][1] == {"kernel": "a", "per_call": 1.0, "us": 15.0}
+
+
+def test_compile_check_compiles_offline_as_the_launcher_specialises(tmp_path):
+    # benchmarks/compile_check.py on one size: Triton compiles for sm_90a without a GPU (not
+    # interpreted), ptxas and nvdisasm report registers, spills and the machine code's counts
+    out = tmp_path / "compile.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compile_check.py"), "--out", str(out)]
+    cmd += ["--only", "lstm fp32 B=8 H=64 resident"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {(r["kernel"], r["first_use"]): r for r in json.loads(out.read_text())["rows"]}
+    plain = rows[("fwd_resident_kernel", "lstm fp32 B=8 H=64 resident")]
+    wide = rows[("fwd_resident_kernel", "lstm fp32 B=8 H=64 resident wide")]
+    assert {k for k, _ in rows} == {"fwd_resident_kernel", "bwd_resident_kernel"} and len(rows) == 4
+    assert plain["num_warps"] == 4 and wide["num_warps"] == 8 and plain["fits_h100_smem"]
+    assert plain["registers"] > 0 and plain["spill_bytes"] >= 0
+    # fp32 H = 64: 16 x 64 per gate, k = 8 per TF32 mma, tiles of 8 columns: 4 gates x 8 k-steps x
+    # 8 column tiles over 4 warps = 64 mma instructions per thread a step; 8 warps share them
+    assert plain["sass"]["HMMA"] == 64 and wide["sass"]["HMMA"] == 32
+    assert wide["sass"]["instructions"] < plain["sass"]["instructions"]
+
+
+def test_compile_check_specialises_pointers_and_sixteen_divisible_sizes(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import compile_check as cc
+    from rnnkit.engine import triton_kernels as K
+
+    fn = K.fwd_resident_kernel
+    sig = cc.signature(fn, "fp32", {"MODE": 1})
+    marked = {fn.arg_names[i] for (i,) in cc.specialised(fn, sig, 64)}
+    assert marked == {n for n in fn.arg_names if n.endswith("_ptr")} | {"H"}
+    assert "H" not in {fn.arg_names[i] for (i,) in cc.specialised(fn, sig, 24)}
