@@ -276,7 +276,7 @@ def wide_resident(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -
     """The ``resident`` plan on one warp per 8 of the padded hidden columns (``H`` = 64: 8 warps,
     128: 16), or ``None`` where that is the default's count or ``W_hh`` does not fit one program.
     Each gate's product is ``(16, H)``, and mma tiles are 8 columns wide, so the default's warps
-    (4 up to ``H`` = 64, else 8) each hold two columns' tiles and their gate arithmetic, in one
+    (4 up to ``H`` = 64, else 8) each hold two or more tiles and their gate arithmetic, in one
     dependent chain a step. Compiled for sm_90, per thread and step: LSTM fp32 ``H`` = 64 forward
     752 instructions instead of 1360, backward 800 instead of 1312; bf16 ``H`` = 128, 824 and 872
     instead of 1320 and 1328, in at most 128 registers (16 warps' share of the register file). The
