@@ -275,10 +275,7 @@ def probe_fixed_cost(args, left) -> list[dict]:
             try:
                 for T in PROBE_T:
                     prob = Problem(mode, B, T, I, H, dtype)
-
-                    def fn(p=prob, plan=plan):
-                        return p.cudnn() if plan is None else p.engine(te.run, plan=plan)
-
+                    fn = probe_call(prob, plan)
                     us, _ = time_us(fn, args.target_s / 2, args.max_reps)
                     row["ms"][T] = us / 1000.0
                     row["host_ms"][T] = host_ms(fn)
@@ -311,11 +308,16 @@ def probe_impls(mode: str, B: int, H: int, dtype: torch.dtype) -> dict:
     }
 
 
+def probe_call(prob: Problem, plan):
+    """One forward + backward of ``prob``: cuDNN for ``plan`` ``None``, else the Triton engine."""
+    from rnnkit.engine import triton_engine as te
+
+    return prob.cudnn if plan is None else lambda: prob.engine(te.run, plan=plan)
+
+
 def probe_timelines(probes: list[dict]) -> None:
     """Each probed call's :func:`timeline` at the longer length, into its row. Run after all
     timing: the profiler leaves CUPTI loaded, which slows later launches (pytorch#144455)."""
-    from rnnkit.engine import triton_engine as te
-
     # graph replays last: should CUPTI trip over them, the others are recorded
     for row in sorted(probes, key=lambda r: r["impl"] == "triton:graph"):
         if row.get("skipped") or "error" in row:
@@ -323,12 +325,8 @@ def probe_timelines(probes: list[dict]) -> None:
         dtype = DTYPES[row["dtype"]]
         plan = probe_impls(row["mode"], row["B"], row["H"], dtype)[row["impl"]]
         prob = Problem(row["mode"], row["B"], PROBE_T[-1], row["I"], row["H"], dtype)
-
-        def fn(p=prob, plan=plan):
-            return p.cudnn() if plan is None else p.engine(te.run, plan=plan)
-
         try:
-            row["timeline"] = timeline(fn)
+            row["timeline"] = timeline(probe_call(prob, plan))
             line = timeline_line(row["timeline"])
         except Exception as e:  # the profiler may be unavailable; the times stand
             row["timeline"] = {"error": f"{type(e).__name__}: {e}"[:300]}

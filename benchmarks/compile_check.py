@@ -37,6 +37,7 @@ from bench_gpu import DTYPES, ISSUE_GRID, LAYERS_GRID  # noqa: E402
 from rnnkit.engine import triton_engine as te  # noqa: E402
 from rnnkit.engine import triton_kernels as K  # noqa: E402
 
+NVIDIA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"  # Triton's ptxas, nvdisasm
 H100_SMEM = 232448  # bytes of shared memory one block may use on sm_90
 FP32_BUFFERS = {"hbuf_ptr", "cbuf_ptr", "hn_ptr", "cn_ptr", "direct_ptr", "dc_ptr", "dh0_ptr", "dc0_ptr"}
 FP32_BUFFERS |= {"dhn_ptr", "dcn_ptr", "hst_ptr", "cst_ptr"}
@@ -68,14 +69,13 @@ def signature(fn, dtype: str, constexprs: dict) -> dict:
 
 def ptxas_info(ptx: str) -> dict:
     """Registers and spills from ptxas -v (the newest bundled ptxas that reads Triton's PTX)."""
-    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "k.ptx"
         src.write_text(ptx)
         for exe in ("ptxas-blackwell", "ptxas"):
-            if not (bindir / exe).exists():
+            if not (NVIDIA_BIN / exe).exists():
                 continue
-            cmd = [str(bindir / exe), "-arch=sm_90a", "-v", str(src), "-o", os.devnull]
+            cmd = [str(NVIDIA_BIN / exe), "-arch=sm_90a", "-v", str(src), "-o", os.devnull]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode == 0:
                 text = out.stdout + out.stderr
@@ -224,7 +224,7 @@ SASS_OPS = ("HMMA", "LDL", "STL", "BAR", "MUFU", "LDS", "LDSM", "STS", "LDG", "S
 def sass_counts(cubin: bytes) -> dict:
     """Instructions in the kernel's machine code (all, and those of :data:`SASS_OPS`), from the
     bundled ``nvdisasm``. Most of a persistent kernel's code is its time loop, unrolled inside."""
-    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    nvdisasm = NVIDIA_BIN / "nvdisasm"
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "k.cubin"
         path.write_bytes(cubin)

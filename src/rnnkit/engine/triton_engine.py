@@ -221,10 +221,9 @@ def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: 
     (1.2-1.8x faster than ``gemm`` at B = 256, H = 1024, whose per-step launches cost about
     40 us a step; ``gemm`` and ``stepwise`` are never the default)."""
     HP = _hp(hidden_size)
-    elt = torch.empty(0, dtype=dtype).element_size()
     block_b = 16 if batch <= 128 else 32
     if path is None:
-        if NUM_GATES[mode] * HP * HP * elt <= RESIDENT_MAX_BYTES:
+        if _w_hh_bytes(mode, hidden_size, dtype) <= RESIDENT_MAX_BYTES:
             path = "resident"
         elif split_plan(mode, batch, hidden_size, dtype) is not None:
             path = "split"
@@ -281,12 +280,10 @@ def wide_resident(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -
     752 instructions instead of 1360, backward 800 instead of 1312; bf16 ``H`` = 128, 824 and 872
     instead of 1320 and 1328, in at most 128 registers (16 warps' share of the register file). The
     same instructions in all, in chains half as long. Not timed on a GPU yet, so not a default."""
-    HP = _hp(hidden_size)
-    elt = torch.empty(0, dtype=dtype).element_size()
-    if NUM_GATES[mode] * HP * HP * elt > SPLIT_MAX_BYTES:
+    if _w_hh_bytes(mode, hidden_size, dtype) > SPLIT_MAX_BYTES:
         return None
     plan = plan_for(mode, batch, hidden_size, dtype, "resident")
-    warps = min(16, HP // 8)
+    warps = min(16, _hp(hidden_size) // 8)
     return dataclasses.replace(plan, num_warps=warps) if warps > plan.num_warps else None
 
 
@@ -308,10 +305,9 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
     replayed as a CUDA graph (``Plan.graph``), and where ``persistent`` is the default the ``gemm``
     path replayed so (:func:`graph_plan`). Not ``gemm`` launched step by step, or ``stepwise``:
     launch-bound, slower at every size measured."""
-    elt = torch.empty(0, dtype=dtype).element_size()
     HP = _hp(hidden_size)
     plans = [plan_for(mode, batch, hidden_size, dtype)]
-    if NUM_GATES[mode] * HP * HP * elt <= SPLIT_MAX_BYTES:  # W_hh on chip, past the default's bound
+    if _w_hh_bytes(mode, hidden_size, dtype) <= SPLIT_MAX_BYTES:  # W_hh on chip, past the default's bound
         resident = plan_for(mode, batch, hidden_size, dtype, "resident")
         plans.append(resident)
         if HP <= 64:
@@ -528,6 +524,12 @@ def _flags_for(mode: str, nonlinearity: str, precision: str, upcast: bool) -> di
 
 def _hp(hidden_size: int) -> int:
     return max(16, _next_pow2(hidden_size))
+
+
+def _w_hh_bytes(mode: str, hidden_size: int, dtype: torch.dtype) -> int:
+    """On-chip bytes of the whole ``W_hh``, ``H`` padded as the kernels pad it."""
+    HP = _hp(hidden_size)
+    return NUM_GATES[mode] * HP * HP * torch.empty(0, dtype=dtype).element_size()
 
 
 def _barrier(n_btiles: int, device: torch.device) -> Tensor:
