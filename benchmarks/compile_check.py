@@ -33,6 +33,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).parent))
+import step_model  # noqa: E402
 from bench_gpu import DTYPES, ISSUE_GRID, LAYERS_GRID  # noqa: E402
 from rnnkit.engine import triton_engine as te  # noqa: E402
 from rnnkit.engine import triton_kernels as K  # noqa: E402
@@ -42,6 +43,9 @@ H100_SMEM = 232448  # bytes of shared memory one block may use on sm_90
 FP32_BUFFERS = {"hbuf_ptr", "cbuf_ptr", "hn_ptr", "cn_ptr", "direct_ptr", "dc_ptr", "dh0_ptr", "dc0_ptr"}
 FP32_BUFFERS |= {"dhn_ptr", "dcn_ptr", "hst_ptr", "cst_ptr"}
 TL_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+#: kernels whose time loop is one loop of steps, which :func:`step_model.simulate` models (the
+#: blocked kernels' innermost loop is their reduction, not a step)
+MODELLED = {"fwd_resident_kernel", "bwd_resident_kernel", "fwd_split_kernel", "bwd_split_kernel"}
 
 
 def signature(fn, dtype: str, constexprs: dict) -> dict:
@@ -97,12 +101,10 @@ def variants():
                         plan = te.plan_for(mode, B, H, dtype, path)
                         flags = dict(te._flags(mode, "tanh", dtype), UPCAST=False, PACK=plan.packed_io)
                         if path == "resident":
-                            c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h)
-                            kernels = [(K.fwd_resident_kernel, c), (K.bwd_resident_kernel, c)]
+                            kernels = step_kernels(mode, dtype, H, plan)
                             wide = te.wide_resident(mode, B, H, dtype)
                             if wide is not None:
-                                tag = dict(c, _plan=wide, _tag=" wide")
-                                kernels += [(K.fwd_resident_kernel, tag), (K.bwd_resident_kernel, dict(tag))]
+                                kernels += [(fn, dict(c, _plan=wide, _tag=" wide")) for fn, c in kernels]
                         elif path == "gemm":
                             c = dict(
                                 te._cell_flags(mode, "tanh"),
@@ -112,9 +114,8 @@ def variants():
                             )
                             kernels = [(K.fwd_cell_kernel, c), (K.bwd_cell_kernel, c)]
                         elif path == "split":
-                            c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=te._hp(H))
-                            kernels = [(K.fwd_split_kernel, c), (K.bwd_split_kernel, c)]
-                            kernels += _sliced(plan, H, c)
+                            kernels = step_kernels(mode, dtype, H, plan)
+                            kernels += _sliced(plan, H, kernels[0][1])
                         else:
                             c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
                             kernels = [
@@ -137,18 +138,31 @@ def variants():
                                 yield fn, name, cx, run_plan, where, H
 
 
+def step_kernels(mode: str, dtype: torch.dtype, H: int, plan) -> list:
+    """``[(forward kernel, constexprs), (backward kernel, constexprs)]`` of a ``resident`` or
+    ``split`` plan (``k_slices`` included; the float32 forward of a ``half_w`` plan is
+    :func:`_w16_kernels`')."""
+    flags = dict(te._flags(mode, "tanh", dtype), UPCAST=False, PACK=plan.packed_io)
+    c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h)
+    if plan.path == "resident":
+        return [(K.fwd_resident_kernel, c), (K.bwd_resident_kernel, dict(c))]
+    if plan.path != "split":
+        raise ValueError(f"compile_check: no step kernels for the {plan.path!r} path")
+    c["HP"] = te._hp(H)
+    if plan.k_slices > 1:
+        c["NK"] = plan.k_slices
+    return [(K.fwd_split_kernel, c), (K.bwd_split_kernel, dict(c))]
+
+
 def _w16_kernels(mode: str, B: int, H: int) -> list:
     """The forward kernel of ``w16_plan`` (its backward is the float32 default's), tagged with
     its argument types and plan."""
     plan = te.w16_plan(mode, B, H)
     if plan is None:
         return []
-    c = dict(te._flags(mode, "tanh", torch.float32), UPCAST=False, PACK=plan.packed_io)
-    c |= dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, _dtype="fp32+w16", _plan=plan)
-    if plan.path == "resident":
-        return [(K.fwd_resident_kernel, c)]
-    c = dict(c, HP=te._hp(H))
-    return [(K.fwd_split_kernel, c)] + _sliced(plan, H, c, backward=False)
+    fn, c = step_kernels(mode, torch.float32, H, plan)[0]
+    c |= dict(_dtype="fp32+w16", _plan=plan)
+    return [(fn, c)] + (_sliced(plan, H, c, backward=False) if plan.path == "split" else [])
 
 
 def _sliced(plan, H: int, c: dict, backward: bool = True) -> list:
@@ -180,16 +194,15 @@ def main() -> int:
             k: v for k, v in cx.items() if k in ("MODE", "BLOCK_B", "BLOCK_H", "BLOCK_K", "HP", "NK")
         }
         try:
-            cx = _with_defaults(fn, cx)
-            sig = signature(fn, dtype, cx)
-            src = ASTSource(fn, sig, cx, specialised(fn, sig, H))
-            options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
-            k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+            k = compile_kernel(fn, dtype, cx, plan, H)
             row["shared_bytes"] = k.metadata.shared
             row["fits_h100_smem"] = k.metadata.shared <= H100_SMEM
             row["weights_staged_in_smem_before_loop"] = _hoisted(k.asm["ttgir"])
             row.update(ptxas_info(k.asm["ptx"]))
-            row["sass"] = sass_counts(k.asm["cubin"])
+            text = sass_text(k.asm["cubin"])
+            row["sass"] = sass_counts(text)
+            if fn.__name__ in MODELLED:
+                row["model"] = step_model.simulate(text, plan.num_warps / 4)
         except Exception as e:
             while e.__cause__ is not None:  # Triton wraps the real error once per inlined call
                 e = e.__cause__
@@ -221,14 +234,29 @@ def specialised(fn, sig: dict, H: int) -> dict:
 SASS_OPS = ("HMMA", "LDL", "STL", "BAR", "MUFU", "LDS", "LDSM", "STS", "LDG", "STG")
 
 
-def sass_counts(cubin: bytes) -> dict:
-    """Instructions in the kernel's machine code (all, and those of :data:`SASS_OPS`), from the
-    bundled ``nvdisasm``. Most of a persistent kernel's code is its time loop, unrolled inside."""
-    nvdisasm = NVIDIA_BIN / "nvdisasm"
+def compile_kernel(fn, dtype: str, constexprs: dict, plan, H: int):
+    """``fn`` compiled for sm_90a as the launcher would launch it at hidden size ``H`` with
+    ``plan``'s warps and stages (``dtype`` as :func:`signature` takes it)."""
+    cx = _with_defaults(fn, constexprs)
+    sig = signature(fn, dtype, cx)
+    src = ASTSource(fn, sig, cx, specialised(fn, sig, H))
+    options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def sass_text(cubin: bytes) -> str:
+    """The kernel's machine code as the bundled ``nvdisasm -c`` prints it."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "k.cubin"
         path.write_bytes(cubin)
-        text = subprocess.run([str(nvdisasm), "-c", str(path)], capture_output=True, text=True).stdout
+        return subprocess.run(
+            [str(NVIDIA_BIN / "nvdisasm"), "-c", str(path)], capture_output=True, text=True
+        ).stdout
+
+
+def sass_counts(text: str) -> dict:
+    """Instructions in a kernel's machine code (:func:`sass_text`): all, and those of
+    :data:`SASS_OPS`. Most of a persistent kernel's code is its time loop, unrolled inside."""
     ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", text)
     return {"instructions": len(ops)} | {op: ops.count(op) for op in SASS_OPS}
 

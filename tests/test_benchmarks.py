@@ -126,6 +126,13 @@ def test_compile_check_compiles_offline_as_the_launcher_specialises(tmp_path):
     # 8 column tiles over 4 warps = 64 mma instructions per thread a step; 8 warps share them
     assert plain["sass"]["HMMA"] == 64 and wide["sass"]["HMMA"] == 32
     assert wide["sass"]["instructions"] < plain["sass"]["instructions"]
+    # and the time loop's modelled cycles per step (benchmarks/step_model.py): its products are
+    # the loop's, and each step waits on more than its instructions' issue slots
+    for row in (plain, wide):
+        assert row["model"]["HMMA"] == row["sass"]["HMMA"] and row["model"]["BAR"] > 0
+        stalls = row["model"]["stalls"]
+        assert abs(row["model"]["cycles"] - sum(stalls.values())) <= len(stalls)  # each rounded
+        assert row["model"]["cycles"] > row["model"]["instructions"] * row["num_warps"] / 4
 
 
 def test_compile_check_specialises_pointers_and_sixteen_divisible_sizes(monkeypatch):

@@ -69,6 +69,7 @@ __all__ = [
     "plan_for",
     "w16_plan",
     "graph_plan",
+    "backward_plan",
     "GRAPHS",
     "run",
     "supports",
@@ -269,6 +270,16 @@ def k_sliced(plan: Plan, hidden_size: int) -> Plan:
     is one slice."""
     k = max(1, min(plan.num_warps * 8 // plan.block_h, _hp(hidden_size) // 16))
     return dataclasses.replace(plan, k_slices=k) if k > 1 else plan
+
+
+def backward_plan(plan: Plan, mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan:
+    """The plan a call's backward runs: ``plan``, except for a ``half_w`` forward, whose backward
+    reads ``W_hh`` in float32 (TF32 products) on the default's slices, sliced where the forward
+    was."""
+    if not plan.half_w:
+        return plan
+    out = dataclasses.replace(plan_for(mode, batch, hidden_size, dtype), graph=plan.graph)
+    return k_sliced(out, hidden_size) if plan.k_slices > 1 and out.path == "split" else out
 
 
 def wide_resident(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan | None:
@@ -843,11 +854,7 @@ class _TritonLayer(torch.autograd.Function):
                 save = _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, ctx.nonlinearity, plan)[2]
             ctx.save_spent = True
             dg = save  # the gate gradients of each step go over its saved activations
-        if plan.half_w:  # the backward reads W_hh in float32 (TF32 products): the default's slices,
-            # sliced for a sliced forward
-            sliced = plan.k_slices > 1
-            plan = dataclasses.replace(plan_for(mode, B, H, dt), graph=plan.graph)
-            plan = k_sliced(plan, H) if sliced and plan.path == "split" else plan
+        plan = backward_plan(plan, mode, B, H, dt)
         c0 = c0 if c0 is not None else h0
         # Every tensor is allocated here, then one closure launches the work (_replayable).
         dout_given = dout is not None

@@ -1,0 +1,410 @@
+"""How many cycles one time step of a persistent kernel takes on an H100: a model read from its
+machine code, for the sessions that have no GPU.
+
+A persistent kernel's time loop is a chain: each step needs the last. Its time per step is set by
+what one warp's instructions wait for, in order: results of earlier instructions (latency), the
+tensor-core and special-function pipes the warps of a scheduler share, and the block barriers of
+Triton's layout conversions. :func:`simulate` issues the loop body's SASS in order, for one warp,
+several iterations back to back, with:
+
+- each instruction issued once its source registers and predicates are ready (:data:`LATENCY`,
+  approximate H100 figures; every other instruction :data:`DEFAULT_LATENCY`);
+- one issue slot per instruction and warp, ``warps_per_scheduler`` of them per instruction (the
+  other warps of the scheduler issue the same code between);
+- ``HMMA`` and ``MUFU`` holding their pipe for :data:`PIPE` cycles per warp;
+- ``BAR`` issued once the shared-memory stores before it have landed, and every warp leaving it
+  :data:`LATENCY` ``["BAR"]`` later;
+- branches inside the loop (the split kernels' barrier spin) taken once.
+
+It returns the steady-state cycles per iteration, and what the issue waited on (``issue``: the
+instruction stream itself; ``wait:OP``: a result of ``OP``; ``pipe:OP``; ``BAR``; ``wait:STS``:
+the barriers' shared-memory stores). It ignores other programs on the SM, bank conflicts, cache
+misses beyond :data:`LATENCY`, and the clock.
+
+``--calibrate`` fits a measured run (``bench_gpu.py``'s JSON) as ns per model cycle plus a fixed
+cost per call and path, on the code that run measured (``git checkout`` it first).
+``--predict`` then gives each variant's time at each measured point on today's code: the
+measured default plus the fitted ns per cycle times the difference in modelled cycles. Run 5b
+fits with R^2 0.92 over its 50 resident and split points (``results/step_model.json``). It ranks
+variants and kernel changes between GPU sessions; it does not replace timing them.
+
+    PYTHONPATH=src python benchmarks/step_model.py --only "lstm fp32 B=8 H=64"
+    PYTHONPATH=src python benchmarks/step_model.py --calibrate benchmarks/results/gpu.json \\
+        --out benchmarks/results/step_model.json   # on the measured code
+    PYTHONPATH=src python benchmarks/step_model.py --predict benchmarks/results/step_model.json \\
+        --measured benchmarks/results/gpu.json --out benchmarks/results/step_model_predicted.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import sys
+from pathlib import Path
+
+#: cycles until a result can be read (approximate H100 figures; the rest take DEFAULT_LATENCY)
+LATENCY = {
+    "HMMA": 32,
+    "MUFU": 18,
+    "LDS": 30,
+    "LDSM": 30,
+    "LDG": 450,
+    "LD": 450,
+    "LDL": 30,
+    "LDC": 20,
+    "ULDC": 10,
+    "S2R": 20,
+    "S2UR": 20,
+    "SHFL": 25,
+    "ATOM": 600,
+    "ATOMG": 600,
+    "F2F": 6,
+    "F2FP": 6,
+    "I2F": 6,
+    "F2I": 6,
+    "BAR": 20,
+}
+DEFAULT_LATENCY = 5
+#: cycles one warp's instruction holds its pipe on a scheduler (HMMA: one m16n8k8 TF32 or m16n8k16
+#: bf16 product; MUFU: 32 lanes through a quarter-SM's special-function units)
+PIPE = {"HMMA": 8, "MUFU": 8}
+#: cycles until a shared-memory store is visible to a barrier's other warps
+STORE_LANDS = 20
+#: opcodes whose first operand is not a destination
+NO_DEST = {"STS", "STG", "ST", "STL", "STSM", "RED", "REDG", "BAR", "BRA", "EXIT", "NOP", "MEMBAR"}
+NO_DEST |= {"FENCE", "DEPBAR", "WARPSYNC", "BSSY", "BSYNC", "CCTL", "ERRBAR", "YIELD"}
+_ALWAYS = {"RZ", "PT", "URZ", "UPT"}
+
+_INSN = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)\s*(.*?)\s*;")
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+_TARGET = re.compile(r"`\((\.L_x_\d+)\)")
+_REG = re.compile(r"\b(U?R)(\d+)\b|\b(U?P)(\d)\b")
+
+
+def parse(sass: str) -> list[tuple]:
+    """``nvdisasm -c`` text as a list of ``("label", name)`` and ``("insn", guard, opcode,
+    operands)``."""
+    items: list[tuple] = []
+    for line in sass.splitlines():
+        label = _LABEL.match(line.strip())
+        if label:
+            items.append(("label", label.group(1)))
+            continue
+        m = _INSN.search(line)
+        if m:
+            items.append(("insn", (m.group(1) or "").strip(), m.group(2), m.group(3)))
+    return items
+
+
+def time_loop(items: list[tuple]) -> list[tuple[str, str, str]]:
+    """The instructions ``(guard, opcode, operands)`` of the loop with the most ``HMMA`` (then
+    the most instructions): a backward branch's target label to the branch."""
+    labels = {it[1]: i for i, it in enumerate(items) if it[0] == "label"}
+    best = None
+    for i, it in enumerate(items):
+        if it[0] != "insn" or not it[2].startswith("BRA"):
+            continue
+        target = _TARGET.search(it[3])
+        start = labels.get(target.group(1)) if target else None
+        if start is None or start > i:
+            continue
+        body = [x[1:] for x in items[start : i + 1] if x[0] == "insn"]
+        score = (sum(x[1].startswith("HMMA") for x in body), len(body))
+        if best is None or score > best[0]:
+            best = (score, body)
+    if best is None:
+        raise ValueError("step_model: no loop (backward branch) in this machine code")
+    return best[1]
+
+
+def _width(op: str, mods: list[str], pos: int, n_operands: int) -> int:
+    """Registers an operand spans (``R4`` of an ``LDS.64`` is ``R4, R5``)."""
+    if op == "HMMA":
+        return 2 if pos == 2 else 4  # D, A, C: 4 registers; B: 2 (m16n8k8 TF32 and m16n8k16 bf16)
+    if op == "LDSM":
+        return {"1": 1, "2": 2, "4": 4}.get(mods[-1], 4) if pos == 0 else 1
+    if op == "CS2R" and pos == 0:
+        return 2
+    if op == "IMAD" and "WIDE" in mods:
+        return 2 if pos in (0, 3) else 1
+    for m in mods:
+        if m in ("64", "128"):
+            # the data operand: the destination of a load, the last source of a store
+            return (2 if m == "64" else 4) if pos in (0, n_operands - 1) else 1
+    return 1
+
+
+def _registers(operand: str, width: int) -> list[str]:
+    out = []
+    for m in _REG.finditer(operand):
+        if m.group(1):
+            out += [f"{m.group(1)}{int(m.group(2)) + k}" for k in range(width)]
+        else:
+            out.append(f"{m.group(3)}{m.group(4)}")
+    return out
+
+
+def _operands(opcode: str, operands: str, guard: str) -> tuple[list[str], list[str]]:
+    """(destination registers, source registers) of one instruction."""
+    op, *mods = opcode.split(".")
+    toks = [t.strip() for t in re.split(r",(?![^\[]*\])", operands)] if operands else []
+    has_dest = op not in NO_DEST and bool(toks)
+    dest: list[str] = []
+    srcs: list[str] = _registers(guard, 1) if guard else []
+    for k, tok in enumerate(toks):
+        regs = _registers(tok, _width(op, mods, k, len(toks)))
+        if has_dest and (k == 0 or (k == 1 and op.endswith("SETP") and tok.lstrip("!").startswith("P"))):
+            dest += regs
+        else:
+            srcs += regs
+    return dest, [r for r in srcs if r not in _ALWAYS]
+
+
+def simulate(sass: str, warps_per_scheduler: float = 1.0, iterations: int = 6) -> dict:
+    """Steady-state cycles per iteration of the time loop in ``sass`` (``nvdisasm -c`` text) for
+    one warp issuing in order, and where they go (``stalls``: cycles per iteration by what each
+    instruction's issue waited for since the previous one's; they add up to ``cycles``).
+    ``warps_per_scheduler``: the program's warps over the SM's four schedulers."""
+    body = [
+        (op.split(".")[0], *_operands(op, operands, guard)) for guard, op, operands in time_loop(parse(sass))
+    ]
+    ready: dict[str, float] = collections.defaultdict(float)
+    producer: dict[str, str] = {}
+    pipe_free: dict[str, float] = collections.defaultdict(float)
+    stalls: collections.Counter = collections.Counter()
+    stores_land = 0.0
+    t = 0.0
+    ends = []
+    for it in range(iterations):
+        counted = it >= 2  # the first iterations warm the loop-carried registers
+        for op, dest, srcs in body:
+            go, why = t + warps_per_scheduler, "issue"
+            for r in srcs:
+                if ready[r] > go:
+                    go, why = ready[r], "wait:" + producer.get(r, "?")
+            if op == "BAR" and stores_land > go:
+                go, why = stores_land, "wait:STS"
+            if op in PIPE:
+                if pipe_free[op] > go:
+                    go, why = pipe_free[op], "pipe:" + op
+                pipe_free[op] = go + PIPE[op] * warps_per_scheduler
+            if op in ("STS", "STSM"):
+                stores_land = max(stores_land, go + STORE_LANDS)
+            if counted:
+                stalls[why] += go - t
+            t = go
+            if op in ("BRA", "NOP", "EXIT"):
+                continue
+            done = t + LATENCY.get(op, DEFAULT_LATENCY)
+            for r in dest:
+                ready[r] = done
+                producer[r] = op
+            if op == "BAR":  # every warp leaves the barrier together
+                if counted:
+                    stalls["BAR"] += done - t
+                t = done
+        ends.append(t)
+    per = (ends[-1] - ends[1]) / (iterations - 2)
+    ops = collections.Counter(op for op, _, _ in body)
+    n = iterations - 2
+    return {
+        "cycles": round(per),
+        "instructions": len(body),
+        "HMMA": ops["HMMA"],
+        "BAR": ops["BAR"],
+        "stalls": {k: round(v / n) for k, v in stalls.most_common()},
+    }
+
+
+def model_plan(mode: str, batch: int, hidden_size: int, dtype, plan) -> dict:
+    """Modelled cycles per step (:func:`simulate`) of the forward and backward kernels a
+    ``resident`` or ``split`` plan runs, compiled for sm_90a as the launcher would launch them
+    (a ``half_w`` forward reads ``W_hh`` in float16; its backward runs
+    ``triton_engine.backward_plan``)."""
+    import compile_check as cc  # Triton and the kernels: only for the command line
+    from rnnkit.engine import triton_engine as te
+
+    back = te.backward_plan(plan, mode, batch, hidden_size, dtype)
+    name = cc.TL_NAME[dtype]
+    sides = (
+        (
+            "forward",
+            plan,
+            cc.step_kernels(mode, dtype, hidden_size, plan)[0],
+            "fp32+w16" if plan.half_w else name,
+        ),
+        ("backward", back, cc.step_kernels(mode, dtype, hidden_size, back)[1], name),
+    )
+    out = {}
+    for side, run_plan, (fn, cx), sig_dtype in sides:
+        k = cc.compile_kernel(fn, sig_dtype, cx, run_plan, hidden_size)
+        out[side] = simulate(cc.sass_text(k.asm["cubin"]), run_plan.num_warps / 4)
+    return out
+
+
+#: what names a grid point in ``bench_gpu.py``'s rows
+POINT = ("mode", "dtype", "B", "T", "H")
+#: the paths whose kernels the model reads (each fitted with its own fixed cost per call)
+PATHS = ("resident", "split")
+
+
+def calibrate(measured: dict) -> dict:
+    """Fit a ``bench_gpu.py`` run's default Triton times (µs per step, forward + backward) as
+    ``a`` x (modelled cycles of both kernels) + ``fixed[path]`` / ``T``: ``a`` in ns per model
+    cycle, ``fixed`` the µs a call costs beyond its steps, per path (their launches differ).
+    Points on other paths than :data:`PATHS` are left out."""
+    import numpy as np
+    import torch
+
+    from rnnkit.engine import triton_engine as te
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    points, cache = [], {}
+    for row in measured["rows"]:
+        default = next((i for i in row["impls"] if i.get("default")), None)
+        if default is None or default["plan"]["path"] not in PATHS:
+            continue
+        plan = te.Plan(**default["plan"])
+        key = (row["mode"], row["dtype"], row["H"], plan)
+        if key not in cache:
+            cache[key] = model_plan(row["mode"], row["B"], row["H"], dtypes[row["dtype"]], plan)
+        m = cache[key]
+        cycles = m["forward"]["cycles"] + m["backward"]["cycles"]
+        points.append(
+            {k: row[k] for k in POINT}
+            | {
+                "path": plan.path,
+                "measured_us": round(default["us_per_step"], 3),
+                "model_cycles": {"forward": m["forward"]["cycles"], "backward": m["backward"]["cycles"]},
+                "stalls": {"forward": m["forward"]["stalls"], "backward": m["backward"]["stalls"]},
+                "_x": (cycles / 1000.0, *((1000.0 / row["T"]) * (plan.path == p) for p in PATHS)),
+            }
+        )
+    x = np.array([p.pop("_x") for p in points])
+    y = np.array([p["measured_us"] for p in points])
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    fit = x @ coef
+    for p, f in zip(points, fit):
+        p["fitted_us"] = round(float(f), 3)
+    return {
+        "measured": measured.get("command", ""),
+        "machine": measured.get("machine", {}).get("gpu", ""),
+        "ns_per_model_cycle": round(float(coef[0]), 4),
+        "fixed_us_per_call": {p: round(float(c) * 1000, 1) for p, c in zip(PATHS, coef[1:])},
+        "r2": round(float(1 - ((y - fit) ** 2).sum() / ((y - y.mean()) ** 2).sum()), 3),
+        "median_abs_rel_error": round(float(np.median(np.abs(fit / y - 1))), 3),
+        "points": points,
+    }
+
+
+#: what :func:`predict` predicts by default: today's default plan (on today's kernels) and the
+#: prepared variants (``bench_gpu.py --extra-paths``) whose kernels the model reads
+PREDICTED = ("default", "resident_wide", "splitk", "w16", "w16k")
+
+
+def predict(measured: dict, fit: dict, names: tuple[str, ...] = PREDICTED) -> list[dict]:
+    """Each of ``names``' time at each point of ``measured`` (the run ``fit`` was made on), had
+    it run on today's kernels: the measured default's time plus ``fit``'s ns per model cycle
+    times the variant's modelled cycles less the measured default's, as ``fit`` recorded them
+    (the fixed cost per call is the same; so is most of the model's error where two kernels are
+    alike). With the ratio to cuDNN's time in the same run, and the target."""
+    import torch
+
+    from bench_gpu import _variant_plan
+    from rnnkit.engine import triton_engine as te
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    modelled = {tuple(p[k] for k in POINT): p for p in fit["points"]}
+    out, cache = [], {}
+    for row in measured["rows"]:
+        point = modelled.get(tuple(row[k] for k in POINT))
+        cudnn = next((i for i in row["impls"] if i["impl"] == "cudnn"), None)
+        if point is None or cudnn is None:
+            continue
+        base = sum(point["model_cycles"].values())
+        got = {k: row[k] for k in POINT} | {
+            "cudnn_us": round(cudnn["us_per_step"], 3),
+            "target": row.get("target_ratio"),
+            "default_us": point["measured_us"],
+            "default_ratio": round(point["measured_us"] / cudnn["us_per_step"], 3),
+            "variants": {},
+        }
+        dtype = dtypes[row["dtype"]]
+        for name in names:
+            if name == "default":  # today's default plan, on today's kernels
+                plan = te.plan_for(row["mode"], row["B"], row["H"], dtype)
+            else:
+                plan = _variant_plan(name, row["mode"], row["B"], row["H"], dtype)
+            if plan is None or plan.path not in ("resident", "split"):
+                continue
+            key = (row["mode"], row["B"], row["H"], row["dtype"], plan)
+            if key not in cache:
+                m = model_plan(row["mode"], row["B"], row["H"], dtype, plan)
+                cache[key] = m["forward"]["cycles"] + m["backward"]["cycles"]
+            us = point["measured_us"] + fit["ns_per_model_cycle"] * (cache[key] - base) / 1000
+            got["variants"][name] = {
+                "model_cycles": cache[key],
+                "us": round(us, 3),
+                "ratio": round(us / cudnn["us_per_step"], 3),
+            }
+        out.append(got)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help="model the compile_check variants whose first use contains this")
+    ap.add_argument("--calibrate", type=Path, help="fit the model to a bench_gpu.py JSON (run on its code)")
+    ap.add_argument("--predict", type=Path, help="a --calibrate result: predict the variants from it")
+    ap.add_argument("--measured", type=Path, help="the bench_gpu.py JSON that --predict's fit was made on")
+    ap.add_argument(
+        "--variants", default=",".join(PREDICTED), help="what --predict predicts, comma-separated"
+    )
+    ap.add_argument("--out", type=Path, help="write the result as JSON here")
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    if args.calibrate:
+        result = calibrate(json.loads(args.calibrate.read_text()))
+        for p in result["points"]:
+            where = f"{p['mode']} {p['dtype']} B={p['B']} T={p['T']} H={p['H']} {p['path']}"
+            print(f"{where}: measured {p['measured_us']:.2f} µs, fitted {p['fitted_us']:.2f} µs")
+        print(
+            f"{result['ns_per_model_cycle']} ns per model cycle, {result['fixed_us_per_call']} µs per call: "
+            f"R^2 {result['r2']}, median error {result['median_abs_rel_error']:.0%}"
+        )
+    elif args.predict:
+        if args.measured is None:
+            ap.error("--predict needs --measured, the run its fit was made on")
+        fit = json.loads(args.predict.read_text())
+        names = tuple(n for n in args.variants.split(",") if n)
+        result = {
+            "fit": str(args.predict),
+            "predicted": predict(json.loads(args.measured.read_text()), fit, names),
+        }
+        for p in result["predicted"]:
+            shown = ", ".join(f"{k} {v['ratio']:.2f}" for k, v in p["variants"].items())
+            where = f"{p['mode']} {p['dtype']} B={p['B']} T={p['T']} H={p['H']}"
+            measured = f"measured {p['default_ratio']:.2f} of cuDNN (target {p['target']})"
+            print(f"{where}: {measured}; predicted {shown}")
+    else:
+        import compile_check as cc
+
+        rows = []
+        for fn, dtype, cx, plan, where, H in cc.variants():
+            if fn.__name__ not in cc.MODELLED or (args.only is not None and args.only not in where):
+                continue
+            k = cc.compile_kernel(fn, dtype, cx, plan, H)
+            model = simulate(cc.sass_text(k.asm["cubin"]), plan.num_warps / 4)
+            row = {"kernel": fn.__name__, "first_use": where} | model
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        result = {"rows": rows}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

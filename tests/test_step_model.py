@@ -1,0 +1,124 @@
+"""The in-order model of a persistent kernel's time loop (``benchmarks/step_model.py``) on small
+hand-written pieces of machine code, and its fit to measured times on one compiled kernel."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import step_model as sm  # noqa: E402
+
+
+def loop(*lines: str, label: str = ".L_x_0") -> str:
+    """``lines`` as ``nvdisasm -c`` prints a loop body, closed by a branch back to its start."""
+    body = [f"        /*{16 * i:04x}*/                   {line} ;" for i, line in enumerate(lines)]
+    back = f"        /*{16 * len(lines):04x}*/               @P0 BRA `({label}) ;"
+    return "\n".join([f"{label}:", *body, back])
+
+
+def test_a_dependent_chain_costs_its_latencies_and_independent_work_its_issue_slots():
+    chain = sm.simulate(loop("FADD R1, R1, 1", "FADD R1, R1, 1"))
+    assert chain["cycles"] == 2 * sm.DEFAULT_LATENCY
+    apart = sm.simulate(loop("FADD R1, R2, 1", "FADD R3, R4, 1"))
+    assert apart["cycles"] == 3  # two adds and the branch, one issue slot each
+    assert sm.simulate(loop("FADD R1, R2, 1", "FADD R3, R4, 1"), warps_per_scheduler=2)["cycles"] == 6
+    # the causes add up to the cycles: the branch issues between the two waits
+    assert chain["stalls"] == {"wait:FADD": chain["cycles"] - 1, "issue": 1}
+    assert apart["stalls"] == {"issue": 3}
+
+
+def test_wide_operands_predicates_and_the_tensor_pipe():
+    # R5 is the second register an LDS.64 into R4 writes
+    wide = sm.simulate(loop("LDS.64 R4, [R10]", "FADD R6, R5, 1"))
+    assert wide["stalls"]["wait:LDS"] == sm.LATENCY["LDS"]  # from the load's issue to the add's
+    assert sm.simulate(loop("LDS R4, [R10]", "FADD R6, R5, 1"))["cycles"] == 3
+    guarded = sm.simulate(loop("ISETP.GT.AND P1, PT, R1, 1, PT", "@P1 FADD R2, R3, 1"))
+    assert guarded["stalls"]["wait:ISETP"] == sm.DEFAULT_LATENCY
+    # four independent products share one pipe; one accumulator chains them
+    apart = [f"HMMA.1688.F32.TF32 R{4 * k}, R40, R44, R60" for k in range(4)]
+    assert sm.simulate(loop(*apart))["cycles"] == 4 * sm.PIPE["HMMA"]
+    chained = ["HMMA.1688.F32.TF32 R0, R40, R44, R0"] * 4
+    assert sm.simulate(loop(*chained))["cycles"] == 4 * sm.LATENCY["HMMA"]
+    assert sm.simulate(loop(*chained))["HMMA"] == 4
+
+
+def test_a_barrier_waits_for_the_shared_stores_before_it():
+    got = sm.simulate(loop("STS [R1], R2", "BAR.SYNC.DEFER_BLOCKING 0x0"))
+    assert got["BAR"] == 1
+    assert got["cycles"] == sm.STORE_LANDS + sm.LATENCY["BAR"] + 2  # the store's and the branch's slots
+    assert got["stalls"] == {"BAR": sm.LATENCY["BAR"], "wait:STS": sm.STORE_LANDS, "issue": 2}
+
+
+def test_the_time_loop_is_the_one_with_the_products():
+    spin = loop("LDG.E R2, [R4.64]", "ISETP.NE.AND P0, PT, R2, RZ, PT", label=".L_x_1")
+    products = loop("HMMA.1688.F32.TF32 R0, R40, R44, R0", "FADD R9, R9, 1", label=".L_x_2")
+    body = sm.time_loop(sm.parse(spin + "\n" + products))
+    assert [op for _, op, _ in body] == ["HMMA.1688.F32.TF32", "FADD", "BRA"]
+    with pytest.raises(ValueError, match="no loop"):
+        sm.simulate("        /*0000*/                   FADD R1, R1, 1 ;")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_calibration_recovers_a_known_fit_and_predicts_a_variant(tmp_path):
+    # the model of one compiled kernel pair, made into measured times that fit it exactly:
+    # 0.5 ns per model cycle and 800 µs per call; the fit must find both back
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    code = (
+        "import sys, json, torch; sys.path.insert(0, 'benchmarks'); import step_model as sm\n"
+        "from rnnkit.engine import triton_engine as te\n"
+        "m = sm.model_plan('lstm', 8, 64, torch.float32, te.plan_for('lstm', 8, 64, torch.float32))\n"
+        "print(json.dumps(m))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = json.loads(proc.stdout.strip().splitlines()[-1])
+    model_cycles = {side: model[side]["cycles"] for side in ("forward", "backward")}
+    cycles = sum(model_cycles.values())
+    assert model["forward"]["HMMA"] == 64 and cycles > model["forward"]["instructions"]
+    plan = {"path": "resident", "block_b": 16, "block_h": 64, "block_k": 64, "num_warps": 4, "num_stages": 2}
+    rows = []
+    for T in (64, 256, 2048):
+        us = 0.5 * cycles / 1000 + 800 / T
+        impls = [
+            {"impl": "cudnn", "us_per_step": 2 * us},
+            {"impl": "triton:resident", "us_per_step": us, "plan": plan, "default": True},
+        ]
+        rows.append(
+            {"mode": "lstm", "dtype": "fp32", "B": 8, "T": T, "H": 64, "impls": impls, "target_ratio": 1.0}
+        )
+    measured = tmp_path / "gpu.json"
+    measured.write_text(json.dumps({"command": "test", "rows": rows}))
+    fit_path, predicted_path = tmp_path / "fit.json", tmp_path / "predicted.json"
+    script = str(ROOT / "benchmarks" / "step_model.py")
+    for cmd in (
+        [script, "--calibrate", str(measured), "--out", str(fit_path)],
+        [script, "--predict", str(fit_path), "--measured", str(measured), "--out", str(predicted_path)]
+        + ["--variants", "default,resident_wide"],
+    ):
+        proc = subprocess.run([sys.executable, *cmd], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    fit = json.loads(fit_path.read_text())
+    assert fit["ns_per_model_cycle"] == pytest.approx(0.5, abs=1e-3)
+    assert fit["fixed_us_per_call"]["resident"] == pytest.approx(800, abs=0.5) and fit["r2"] == 1.0
+    assert [p["model_cycles"] for p in fit["points"]] == [model_cycles] * 3
+    predicted = json.loads(predicted_path.read_text())["predicted"]
+    assert [p["T"] for p in predicted] == [64, 256, 2048]
+    assert all(p["default_ratio"] == 0.5 for p in predicted)
+    # today's default is the measured one: predicted as measured
+    assert predicted[0]["variants"]["default"]["us"] == pytest.approx(predicted[0]["default_us"], abs=2e-3)
+    # a variant: the measured default plus 0.5 ns per cycle of difference
+    wide = predicted[0]["variants"]["resident_wide"]
+    shift = 0.5 * (wide["model_cycles"] - cycles) / 1000
+    assert wide["us"] == pytest.approx(predicted[0]["default_us"] + shift, abs=2e-3)
+    assert wide["model_cycles"] != cycles
