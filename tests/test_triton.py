@@ -245,6 +245,21 @@ def test_k_sliced_split_plans_match_reference(mode, H, k, packed, dtype):
     _check(mode, 3, 7, 5, H, dtype, plan, lengths=LENGTHS)
 
 
+@pytest.mark.parametrize("mode, k", [("lstm", 1), ("lstm", 2), ("gru", 1), ("gru", 2)])
+def test_split_backward_gate_by_gate_where_operands_do_not_fit(monkeypatch, mode, k):
+    # The split backward reads all gates' gradients first and multiplies each gate apart where
+    # those operands fit in shared memory beside the W_hh slices; else gate by gate, one chain
+    # (LSTM fp32 H = 512). With no room at all, every size takes the second way (under the
+    # interpreter the kernel reads the limit when it runs).
+    if CUDA:
+        pytest.skip("the limit is compiled into the kernel on a GPU")
+    from rnnkit.engine import triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "READ_FIRST_MAX_BYTES", 0)
+    plan = te.Plan("split", 16, 16, 16, num_warps=8, k_slices=k)
+    _check(mode, 3, 7, 5, 24, torch.float32, plan, lengths=LENGTHS)
+
+
 def test_k_sliced_plans_and_their_refusals():
     split16 = te.Plan("split", 16, 16, 16, num_warps=8)
     # as many slices as leave no warp repeating another's 8-column mma tiles, each >= 16 deep

@@ -87,6 +87,32 @@ def _rec_mm(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _unfolded_zero(lens, like):
+    """A zero tile shaped like ``like`` that Triton cannot see is zero. Triton rewrites
+    ``dot(a, b, 0) + c`` as ``dot(a, b, c)``, which would chain separately accumulated products
+    back into one; a product started from this zero stays a chain of its own. (``lens``: any
+    finite runtime values, one per row.)"""
+    return (lens.to(tl.float32) * 0.0)[:, None] + tl.zeros_like(like)
+
+
+@triton.jit
+def _gate_grad_products(a0, a1, a2, a3, w0, w1, w2, w3, acc, zero, NG: tl.constexpr, PRECISION, UPCAST):
+    """``acc + sum_k a_k @ w_k`` over the ``NG`` gates, each gate's product accumulated apart
+    (from ``zero``, :func:`_unfolded_zero`) and the products summed after. A product's mma
+    instructions chain through their accumulator, one per 8 of the reduction (TF32; 16 in bf16),
+    each waiting for the last; one accumulator for all gates would make that one chain ``NG``
+    times as long, the backward step's longest wait."""
+    out = _mm(a0, w0, acc, PRECISION, UPCAST)
+    if NG > 1:
+        p1 = _mm(a1, w1, zero, PRECISION, UPCAST)
+        p2 = _mm(a2, w2, zero, PRECISION, UPCAST)
+        if NG > 3:
+            p2 = p2 + _mm(a3, w3, zero, PRECISION, UPCAST)
+        out = (out + p1) + p2
+    return out
+
+
+@triton.jit
 def _k_slices(
     rows, rmask, cols, cmask, H, row_stride, HP: tl.constexpr, NK: tl.constexpr, W_OUT: tl.constexpr
 ):
@@ -518,6 +544,10 @@ def bwd_resident_kernel(
     w0, w1, w2, w3 = _gate_tiles(w_ptr + wo, wm, H * H, NG)
     dh = tl.load(dhn_ptr + st, mask=m2, other=0.0).to(tl.float32)
     dc = tl.load(dcn_ptr + st, mask=m2, other=0.0).to(tl.float32)
+    # each gate's product apart in float32 (TF32: mma chains twice as long as bf16's, whose
+    # short ones gain less than the sums cost)
+    APART: tl.constexpr = w_ptr.dtype.element_ty == tl.float32
+    zero = _unfolded_zero(lens, dh)
     l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
         T - 1, m2, st, gt, h0_ptr, c0_ptr, out_ptr, cs_ptr, save_ptr, dout_ptr, B, H, MODE, GW, PACK
     )
@@ -531,13 +561,15 @@ def bwd_resident_kernel(
         d0, d1, d2, d3, direct, dc = _bwd_cell(
             dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, B, H, MODE, NG, GW, RELU, PACK
         )
-        acc = _mm(d0, w0, direct, PRECISION, UPCAST)
-        if NG > 1:
-            acc = _mm(d1, w1, acc, PRECISION, UPCAST)
-            acc = _mm(d2, w2, acc, PRECISION, UPCAST)
-        if NG > 3:
-            acc = _mm(d3, w3, acc, PRECISION, UPCAST)
-        dh = acc
+        if APART:
+            dh = _gate_grad_products(d0, d1, d2, d3, w0, w1, w2, w3, direct, zero, NG, PRECISION, UPCAST)
+        else:
+            dh = _mm(d0, w0, direct, PRECISION, UPCAST)
+            if NG > 1:
+                dh = _mm(d1, w1, dh, PRECISION, UPCAST)
+                dh = _mm(d2, w2, dh, PRECISION, UPCAST)
+            if NG > 3:
+                dh = _mm(d3, w3, dh, PRECISION, UPCAST)
         l0 = n0
         l1 = n1
         l2 = n2
@@ -827,6 +859,10 @@ def bwd_blocked_kernel(
 #: at later barriers and poisons its outputs with NaN: a guard against a hang should the
 #: programs of one batch tile not all be resident at once.
 SPIN_LIMIT = tl.constexpr(1 << 20)
+#: the most bytes of shared memory a split backward program's ``W_hh`` slices and all its gates'
+#: gradient operands may take together for it to read those operands all at once (an H100
+#: block has 227 KiB; Triton's layout conversions take some of the rest)
+READ_FIRST_MAX_BYTES = tl.constexpr(192 * 1024)
 
 
 @triton.jit
@@ -1019,6 +1055,16 @@ def bwd_split_kernel(
     w0, w1, w2, w3 = _gate_tiles(w_ptr + wo, wm, H * H, NG)
     direct = tl.load(direct_ptr + st, mask=m2, other=0.0)
     dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
+    # Each stage reads every gate's gradients first (one wait on the L2 instead of one per gate)
+    # and multiplies each gate apart (_gate_grad_products), where those operands fit in shared
+    # memory beside the W_hh slices; else gate by gate in one chain, as the operands then take
+    # turns there (all four LSTM fp32 H = 512 operands with its slices: 256 KiB)
+    W_BYTES: tl.constexpr = NG * HP * BLOCK_H * w_ptr.dtype.element_ty.primitive_bitwidth // 8
+    A_BYTES: tl.constexpr = NG * HP * BLOCK_B * dgi_ptr.dtype.element_ty.primitive_bitwidth // 8
+    READ_FIRST: tl.constexpr = W_BYTES + A_BYTES <= READ_FIRST_MAX_BYTES
+    zero = _unfolded_zero(lens, direct)
+    if NK > 1:
+        zero = tl.broadcast_to(zero[None, :, :], (NK, BLOCK_B, BLOCK_H))
     failed = 0
     BH = B * H
     l0, l1, l2, l3, l4, l5, l6 = _bwd_loads(
@@ -1044,15 +1090,27 @@ def bwd_split_kernel(
             dh = direct
         else:
             dh = tl.zeros((NK, BLOCK_B, BLOCK_H), tl.float32)
-        dh = _mm(tl.load(base, mask=gm, other=0.0, cache_modifier=".cg"), w0, dh, PRECISION, UPCAST)
-        if NG > 1:
-            a1 = tl.load(base + H, mask=gm, other=0.0, cache_modifier=".cg")
-            dh = _mm(a1, w1, dh, PRECISION, UPCAST)
-            a2 = tl.load(base + (3 if MODE == 2 else 2) * H, mask=gm, other=0.0, cache_modifier=".cg")
-            dh = _mm(a2, w2, dh, PRECISION, UPCAST)
-        if NG > 3:
-            a3 = tl.load(base + 3 * H, mask=gm, other=0.0, cache_modifier=".cg")
-            dh = _mm(a3, w3, dh, PRECISION, UPCAST)
+        if READ_FIRST:  # every gate's gradients, then each gate's product apart
+            a0 = tl.load(base, mask=gm, other=0.0, cache_modifier=".cg")
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            if NG > 1:
+                a1 = tl.load(base + H, mask=gm, other=0.0, cache_modifier=".cg")
+                a2 = tl.load(base + (3 if MODE == 2 else 2) * H, mask=gm, other=0.0, cache_modifier=".cg")
+            if NG > 3:
+                a3 = tl.load(base + 3 * H, mask=gm, other=0.0, cache_modifier=".cg")
+            dh = _gate_grad_products(a0, a1, a2, a3, w0, w1, w2, w3, dh, zero, NG, PRECISION, UPCAST)
+        else:  # gate by gate, one chain
+            dh = _mm(tl.load(base, mask=gm, other=0.0, cache_modifier=".cg"), w0, dh, PRECISION, UPCAST)
+            if NG > 1:
+                a1 = tl.load(base + H, mask=gm, other=0.0, cache_modifier=".cg")
+                dh = _mm(a1, w1, dh, PRECISION, UPCAST)
+                a2 = tl.load(base + (3 if MODE == 2 else 2) * H, mask=gm, other=0.0, cache_modifier=".cg")
+                dh = _mm(a2, w2, dh, PRECISION, UPCAST)
+            if NG > 3:
+                a3 = tl.load(base + 3 * H, mask=gm, other=0.0, cache_modifier=".cg")
+                dh = _mm(a3, w3, dh, PRECISION, UPCAST)
         if NK > 1:
             dh = direct + tl.sum(dh, axis=0)
         if u > u_lo:
