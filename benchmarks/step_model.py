@@ -22,7 +22,8 @@ the barriers' shared-memory stores). It ignores other programs on the SM, bank c
 misses beyond :data:`LATENCY`, and the clock.
 
 ``--calibrate`` fits a measured run (``bench_gpu.py``'s JSON) as ns per model cycle plus a fixed
-cost per call and path, on the code that run measured (``git checkout`` it first).
+cost per call and path, on the kernels that run measured (``git checkout <commit> --
+src/rnnkit/engine/triton_kernels.py`` first; ``modelled_code`` records whose they were).
 ``--predict`` then gives each variant's time at each measured point on today's code: the
 measured default plus the fitted ns per cycle times the difference in modelled cycles. Run 5b
 fits with R^2 0.92 over its 50 resident and split points (``results/step_model.json``). It ranks
@@ -41,6 +42,7 @@ import argparse
 import collections
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -250,6 +252,26 @@ POINT = ("mode", "dtype", "B", "T", "H")
 PATHS = ("resident", "split")
 
 
+def _code_version() -> str:
+    """The commit whose kernels were modelled: the latest that wrote ``triton_kernels.py`` as
+    it is now (checked out from an older commit to fit that commit's measurements), if any."""
+    root = Path(__file__).resolve().parents[1]
+    kernels = "src/rnnkit/engine/triton_kernels.py"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True).stdout.strip()
+
+    try:
+        blob = git("hash-object", kernels)
+        # the commits that added or removed this content; the one holding it wrote it
+        for commit in git("log", "--all", "--format=%h", f"--find-object={blob}").split() if blob else []:
+            if git("rev-parse", f"{commit}:{kernels}") == blob:
+                return f"triton_kernels.py of {commit}"
+    except OSError:
+        return ""
+    return "uncommitted triton_kernels.py"
+
+
 def calibrate(measured: dict) -> dict:
     """Fit a ``bench_gpu.py`` run's default Triton times (µs per step, forward + backward) as
     ``a`` x (modelled cycles of both kernels) + ``fixed[path]`` / ``T``: ``a`` in ns per model
@@ -291,6 +313,7 @@ def calibrate(measured: dict) -> dict:
     return {
         "measured": measured.get("command", ""),
         "machine": measured.get("machine", {}).get("gpu", ""),
+        "modelled_code": _code_version(),
         "ns_per_model_cycle": round(float(coef[0]), 4),
         "fixed_us_per_call": {p: round(float(c) * 1000, 1) for p, c in zip(PATHS, coef[1:])},
         "r2": round(float(1 - ((y - fit) ** 2).sum() / ((y - y.mean()) ** 2).sum()), 3),
@@ -379,10 +402,8 @@ def main() -> int:
             ap.error("--predict needs --measured, the run its fit was made on")
         fit = json.loads(args.predict.read_text())
         names = tuple(n for n in args.variants.split(",") if n)
-        result = {
-            "fit": str(args.predict),
-            "predicted": predict(json.loads(args.measured.read_text()), fit, names),
-        }
+        predicted = predict(json.loads(args.measured.read_text()), fit, names)
+        result = {"fit": str(args.predict), "modelled_code": _code_version(), "predicted": predicted}
         for p in result["predicted"]:
             shown = ", ".join(f"{k} {v['ratio']:.2f}" for k, v in p["variants"].items())
             where = f"{p['mode']} {p['dtype']} B={p['B']} T={p['T']} H={p['H']}"
