@@ -608,6 +608,8 @@ def main() -> int:
     skipped = []
     probes: list[dict] = []
 
+    predicted = json.loads(PREDICTED.read_text())["predicted"] if PREDICTED.exists() else None
+
     def save() -> dict:
         """Write what is measured so far (after every point: a killed run still leaves its data)."""
         results = list(rows.values())
@@ -622,6 +624,8 @@ def main() -> int:
             "skipped_for_time": skipped,
             "fixed_cost": probes,
         }
+        if predicted is not None:
+            payload["model_check"] = model_check(results, predicted)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=1, default=str))
         return payload
@@ -694,6 +698,8 @@ def main() -> int:
     _print_table(payload["rows"])
     for line in variant_summary(payload["rows"]):
         print(line)
+    for line in payload.get("model_check", []):
+        print(f"# model: {line}")
     print(f"\nwrote {args.out} ({payload['elapsed_s']} s; {len(skipped)} point-passes skipped for time)")
     return 0
 
@@ -769,6 +775,41 @@ def _print_table(rows: list[dict]) -> None:
             f"{_fmt(_impl(row, 'cudnn'))} {_fmt(_impl(row, 'fused'))} {_fmt(timed_default)} "
             f"{_fmt(best)} | {ratio} {target} {met:>4} | {mem} {err} {path}"
         )
+
+
+#: the step model's predictions for the next run (benchmarks/step_model.py --predict)
+PREDICTED = Path(__file__).parent / "results" / "step_model_predicted.json"
+
+
+def model_check(rows: list[dict], predicted: list[dict]) -> list[str]:
+    """How this run's Triton times compare with the step model's predictions
+    (``benchmarks/step_model.py --predict``), one line per predicted variant (``default``: the
+    default plan): the median error of its predicted µs per step over the points both have, and
+    its worst point. Predictions are in µs, not ratios: cuDNN's times move between runs."""
+    point = ("mode", "dtype", "B", "T", "H")
+    by_point = {tuple(p[k] for k in point): p for p in predicted}
+    errors: dict[str, list[tuple[float, str]]] = {}
+    for row in rows:
+        guess = by_point.get(tuple(row[k] for k in point))
+        if guess is None:
+            continue
+        where = f"{row['mode']} {row['dtype']} B={row['B']} T={row['T']} H={row['H']}"
+        for r in row["impls"]:
+            if not r["impl"].startswith("triton:") or "us_per_step" not in r:
+                continue
+            name = "default" if r.get("default") else r["impl"].removeprefix("triton:")
+            if name in guess["variants"]:
+                err = guess["variants"][name]["us"] / r["us_per_step"] - 1
+                errors.setdefault(name, []).append((err, where))
+    lines = []
+    for name, errs in errors.items():
+        worst = max(errs, key=lambda e: abs(e[0]))
+        median = statistics.median(abs(e) for e, _ in errs)
+        lines.append(
+            f"{name}: predicted within {median:.0%} (median over {len(errs)} points); "
+            f"worst {worst[1]}: {worst[0]:+.0%}"
+        )
+    return lines
 
 
 def variant_summary(rows: list[dict]) -> list[str]:
@@ -868,6 +909,9 @@ def to_markdown(payload: dict) -> str:
     summary = variant_summary(payload["rows"])
     if summary:
         lines += ["", "Variants against the default:", ""] + [f"- {line}" for line in summary]
+    if payload.get("model_check"):
+        lines += ["", "The step model's predictions (`benchmarks/step_model.py`) against this run:", ""]
+        lines += [f"- {line}" for line in payload["model_check"]]
     if payload.get("fixed_cost"):
         lines += [
             "",

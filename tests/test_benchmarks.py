@@ -106,6 +106,36 @@ def test_kernel_summary_counts_busy_time_once_and_finds_the_longest_gap(monkeypa
     assert got["top"][1] == {"kernel": "a", "per_call": 1.0, "us": 15.0}
 
 
+def test_model_check_compares_predicted_and_measured_times_per_variant(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_gpu import PREDICTED, model_check
+
+    def row(T, default_us, splitk_us):
+        impls = [
+            {"impl": "cudnn", "us_per_step": 30.0},
+            {"impl": "triton:split", "us_per_step": default_us, "default": True},
+            {"impl": "triton:splitk", "us_per_step": splitk_us},
+            {"impl": "triton:graph", "us_per_step": 1.0},  # not predicted: left out
+        ]
+        return {"mode": "lstm", "dtype": "fp32", "B": 16, "T": T, "H": 256, "impls": impls}
+
+    def guess(T, default_us, splitk_us):
+        variants = {"default": {"us": default_us}, "splitk": {"us": splitk_us}}
+        return {"mode": "lstm", "dtype": "fp32", "B": 16, "T": T, "H": 256, "variants": variants}
+
+    rows = [row(128, 10.0, 8.0), row(512, 10.0, 8.0), row(64, 10.0, 8.0)]
+    predicted = [guess(128, 11.0, 8.0), guess(512, 9.5, 6.0)]  # T = 64 was not predicted
+    lines = model_check(rows, predicted)
+    assert lines == [
+        "default: predicted within 8% (median over 2 points); worst lstm fp32 B=16 T=128 H=256: +10%",
+        "splitk: predicted within 12% (median over 2 points); worst lstm fp32 B=16 T=512 H=256: -25%",
+    ]
+    # the predictions the next GPU call checks are in the repository, in that form
+    shipped = json.loads(PREDICTED.read_text())["predicted"]
+    first = shipped[0]["variants"]
+    assert {"default", "splitk"} <= set(first) and first["default"]["us"] > 0
+
+
 def test_compile_check_compiles_offline_as_the_launcher_specialises(tmp_path):
     # benchmarks/compile_check.py on one size: Triton compiles for sm_90a without a GPU (not
     # interpreted), ptxas and nvdisasm report registers, spills and the machine code's counts
