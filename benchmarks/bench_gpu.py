@@ -608,8 +608,6 @@ def main() -> int:
     skipped = []
     probes: list[dict] = []
 
-    predicted = json.loads(PREDICTED.read_text())["predicted"] if PREDICTED.exists() else None
-
     def save() -> dict:
         """Write what is measured so far (after every point: a killed run still leaves its data)."""
         results = list(rows.values())
@@ -624,8 +622,6 @@ def main() -> int:
             "skipped_for_time": skipped,
             "fixed_cost": probes,
         }
-        if predicted is not None:
-            payload["model_check"] = model_check(results, predicted)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=1, default=str))
         return payload
@@ -698,7 +694,7 @@ def main() -> int:
     _print_table(payload["rows"])
     for line in variant_summary(payload["rows"]):
         print(line)
-    for line in payload.get("model_check", []):
+    for line in model_lines(payload["rows"]):
         print(f"# model: {line}")
     print(f"\nwrote {args.out} ({payload['elapsed_s']} s; {len(skipped)} point-passes skipped for time)")
     return 0
@@ -812,6 +808,12 @@ def model_check(rows: list[dict], predicted: list[dict]) -> list[str]:
     return lines
 
 
+def model_lines(rows: list[dict]) -> list[str]:
+    """:func:`model_check` against the predictions in the repository (:data:`PREDICTED`), or
+    nothing without them."""
+    return model_check(rows, json.loads(PREDICTED.read_text())["predicted"]) if PREDICTED.exists() else []
+
+
 def variant_summary(rows: list[dict]) -> list[str]:
     """One line per Triton variant timed beside the default: at how many points it beat the
     default, its median time relative to the default's, and at how many points where the default
@@ -909,9 +911,10 @@ def to_markdown(payload: dict) -> str:
     summary = variant_summary(payload["rows"])
     if summary:
         lines += ["", "Variants against the default:", ""] + [f"- {line}" for line in summary]
-    if payload.get("model_check"):
+    checked = model_lines(payload["rows"])
+    if checked:
         lines += ["", "The step model's predictions (`benchmarks/step_model.py`) against this run:", ""]
-        lines += [f"- {line}" for line in payload["model_check"]]
+        lines += [f"- {line}" for line in checked]
     if payload.get("fixed_cost"):
         lines += [
             "",

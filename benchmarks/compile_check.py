@@ -99,7 +99,6 @@ def variants():
                     default = te.plan_for(mode, B, H, dtype).path
                     for path in dict.fromkeys((default, "split", "gemm", "persistent", "stepwise")):
                         plan = te.plan_for(mode, B, H, dtype, path)
-                        flags = dict(te._flags(mode, "tanh", dtype), UPCAST=False, PACK=plan.packed_io)
                         if path == "resident":
                             kernels = step_kernels(mode, dtype, H, plan)
                             wide = te.wide_resident(mode, B, H, dtype)
@@ -117,7 +116,7 @@ def variants():
                             kernels = step_kernels(mode, dtype, H, plan)
                             kernels += _sliced(plan, H, kernels[0][1])
                         else:
-                            c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
+                            c = _kernel_flags(mode, dtype, plan) | dict(BLOCK_K=plan.block_k)
                             kernels = [
                                 (K.fwd_blocked_kernel, c),
                                 (K.bwd_blocked_kernel, c),
@@ -138,12 +137,18 @@ def variants():
                                 yield fn, name, cx, run_plan, where, H
 
 
+def _kernel_flags(mode: str, dtype: torch.dtype, plan) -> dict:
+    """The compile-time arguments every time-loop kernel of ``plan`` takes (tanh cells, as the
+    launcher passes them on a GPU)."""
+    flags = te._flags(mode, "tanh", dtype)
+    return dict(flags, UPCAST=False, PACK=plan.packed_io, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h)
+
+
 def step_kernels(mode: str, dtype: torch.dtype, H: int, plan) -> list:
     """``[(forward kernel, constexprs), (backward kernel, constexprs)]`` of a ``resident`` or
     ``split`` plan (``k_slices`` included; the float32 forward of a ``half_w`` plan is
     :func:`_w16_kernels`')."""
-    flags = dict(te._flags(mode, "tanh", dtype), UPCAST=False, PACK=plan.packed_io)
-    c = dict(flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h)
+    c = _kernel_flags(mode, dtype, plan)
     if plan.path == "resident":
         return [(K.fwd_resident_kernel, c), (K.bwd_resident_kernel, dict(c))]
     if plan.path != "split":

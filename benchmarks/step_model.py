@@ -278,11 +278,10 @@ def calibrate(measured: dict) -> dict:
     cycle, ``fixed`` the µs a call costs beyond its steps, per path (their launches differ).
     Points on other paths than :data:`PATHS` are left out."""
     import numpy as np
-    import torch
 
+    from bench_gpu import DTYPES
     from rnnkit.engine import triton_engine as te
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     points, cache = [], {}
     for row in measured["rows"]:
         default = next((i for i in row["impls"] if i.get("default")), None)
@@ -291,7 +290,7 @@ def calibrate(measured: dict) -> dict:
         plan = te.Plan(**default["plan"])
         key = (row["mode"], row["dtype"], row["H"], plan)
         if key not in cache:
-            cache[key] = model_plan(row["mode"], row["B"], row["H"], dtypes[row["dtype"]], plan)
+            cache[key] = model_plan(row["mode"], row["B"], row["H"], DTYPES[row["dtype"]], plan)
         m = cache[key]
         cycles = m["forward"]["cycles"] + m["backward"]["cycles"]
         points.append(
@@ -333,12 +332,9 @@ def predict(measured: dict, fit: dict, names: tuple[str, ...] = PREDICTED) -> li
     times the variant's modelled cycles less the measured default's, as ``fit`` recorded them
     (the fixed cost per call is the same; so is most of the model's error where two kernels are
     alike). With the ratio to cuDNN's time in the same run, and the target."""
-    import torch
-
-    from bench_gpu import _variant_plan
+    from bench_gpu import DTYPES, _variant_plan
     from rnnkit.engine import triton_engine as te
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     modelled = {tuple(p[k] for k in POINT): p for p in fit["points"]}
     out, cache = [], {}
     for row in measured["rows"]:
@@ -354,7 +350,7 @@ def predict(measured: dict, fit: dict, names: tuple[str, ...] = PREDICTED) -> li
             "default_ratio": round(point["measured_us"] / cudnn["us_per_step"], 3),
             "variants": {},
         }
-        dtype = dtypes[row["dtype"]]
+        dtype = DTYPES[row["dtype"]]
         for name in names:
             if name == "default":  # today's default plan, on today's kernels
                 plan = te.plan_for(row["mode"], row["B"], row["H"], dtype)
