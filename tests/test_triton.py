@@ -810,6 +810,40 @@ def test_gpu_graph_plans_replay_equal_to_eager_calls(monkeypatch, mode, path, dt
             assert _rel_err(a, b.detach().cpu()) < 2e-5, name
 
 
+@needs_cuda
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_gpu_graph_plans_replay_in_a_training_loop(monkeypatch, mode):
+    # the premise of graph plans (engine/_graphs.py): a training loop's calls repeat their keys,
+    # for the caching allocator hands out the same blocks step after step, although each step's
+    # batch, embeddings and carried state are new tensors. Were that false, a graph plan would
+    # run every call eagerly and save nothing.
+    import torch.nn.functional as F
+
+    from rnnkit.engine._graphs import CallGraphs
+    from rnnkit.models import LanguageModel, LanguageModelConfig
+
+    monkeypatch.setattr(te, "GRAPHS", CallGraphs())
+    default = te.plan_for
+    monkeypatch.setattr(te, "plan_for", lambda *a, **k: dataclasses.replace(default(*a, **k), graph=True))
+    torch.manual_seed(0)
+    V, T, B, steps = 50, 24, 8, 12
+    model = LanguageModel(LanguageModelConfig(V, cell=mode, hidden_size=64, engine="triton")).to(DEVICE)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    state = None
+    for _ in range(steps):
+        tokens = torch.randint(0, V, (T + 1, B), device=DEVICE)
+        logits, state = model(tokens[:-1], state)
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens[1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+    stats = te.GRAPHS.stats
+    # a forward and a backward call a step: most of them replays once the keys have come round
+    assert stats["replayed"] >= steps, stats
+    assert torch.isfinite(loss)
+
+
 GPU_CASES = [(path, dtype) for path in te.PATHS for dtype in (torch.float32, torch.bfloat16)]
 GPU_CASES.append(("resident", torch.float16))
 
