@@ -21,13 +21,16 @@ instruction stream itself; ``wait:OP``: a result of ``OP``; ``pipe:OP``; ``BAR``
 the barriers' shared-memory stores). It ignores other programs on the SM, bank conflicts, cache
 misses beyond :data:`LATENCY`, and the clock.
 
-``--calibrate`` fits a measured run (``bench_gpu.py``'s JSON) as ns per model cycle plus a fixed
-cost per call and path, on the kernels that run measured (``git checkout <commit> --
-src/rnnkit/engine/triton_kernels.py`` first; ``modelled_code`` records whose they were).
-``--predict`` then gives each variant's time at each measured point on today's code: the
-measured default plus the fitted ns per cycle times the difference in modelled cycles. Run 5b
-fits with R^2 0.92 over its 50 resident and split points (``results/step_model.json``). It ranks
-variants and kernel changes between GPU sessions; it does not replace timing them.
+``--calibrate`` fits a measured run (``bench_gpu.py``'s JSON) as ns per model cycle, plus a fixed
+cost per call and path, plus µs per GFLOP of the call's library products (float32 or 16-bit), on
+the kernels that ran measured (``git checkout <commit> -- src/rnnkit/engine/triton_kernels.py``
+first; ``modelled_code`` records whose they were), and splits each point's fitted time into
+those three parts. ``--predict`` then gives each variant's time at each measured point on
+today's code: the measured default plus the fitted ns per cycle times the difference in
+modelled cycles, and the fixed cost per call at which it would meet its target. Run 5b fits with
+R^2 0.94 over its 50 resident and split points, at 0.51 ns per model cycle: the model's cycles
+run at 1.96 GHz, the H100's clock (``results/step_model.json``). It ranks variants and kernel
+changes between GPU sessions; it does not replace timing them.
 
     PYTHONPATH=src python benchmarks/step_model.py --only "lstm fp32 B=8 H=64"
     PYTHONPATH=src python benchmarks/step_model.py --calibrate benchmarks/results/gpu.json \\
@@ -122,7 +125,8 @@ def time_loop(items: list[tuple]) -> list[tuple[str, str, str]]:
 
 
 def _width(op: str, mods: list[str], pos: int, n_operands: int) -> int:
-    """Registers an operand spans (``R4`` of an ``LDS.64`` is ``R4, R5``)."""
+    """Registers a register operand spans (``R4`` of an ``LDS.64`` is ``R4, R5``); addresses
+    (``[...]``) are read by :func:`_address`."""
     if op == "HMMA":
         return 2 if pos == 2 else 4  # D, A, C: 4 registers; B: 2 (m16n8k8 TF32 and m16n8k16 bf16)
     if op == "LDSM":
@@ -136,6 +140,20 @@ def _width(op: str, mods: list[str], pos: int, n_operands: int) -> int:
             # the data operand: the destination of a load, the last source of a store
             return (2 if m == "64" else 4) if pos in (0, n_operands - 1) else 1
     return 1
+
+
+_PAIR = re.compile(r"\b(R)(\d+)\.64\b|\bdesc\[(UR)(\d+)\]")
+
+
+def _address(operand: str) -> list[str]:
+    """The registers an address operand reads, whatever the width of the data it moves:
+    ``[R22.64]`` and ``desc[UR16]`` are register pairs (a 64-bit address, a memory descriptor),
+    any other register in it one register (``[R148+UR8+0xc200]``)."""
+    out = []
+    for m in _PAIR.finditer(operand):
+        kind, n = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        out += [f"{kind}{int(n)}", f"{kind}{int(n) + 1}"]
+    return out + _registers(_PAIR.sub("", operand), 1)
 
 
 def _registers(operand: str, width: int) -> list[str]:
@@ -155,9 +173,13 @@ def _operands(opcode: str, operands: str, guard: str) -> tuple[list[str], list[s
     has_dest = op not in NO_DEST and bool(toks)
     dest: list[str] = []
     srcs: list[str] = _registers(guard, 1) if guard else []
+    # ISETP P1, P2, ...: two predicates written; ATOMG PT, R2, [...], R5: a predicate, then the
+    # value the atomic returns
+    returns = op.startswith("ATOM") and bool(toks) and re.fullmatch(r"U?P[T0-9]", toks[0]) is not None
     for k, tok in enumerate(toks):
-        regs = _registers(tok, _width(op, mods, k, len(toks)))
-        if has_dest and (k == 0 or (k == 1 and op.endswith("SETP") and tok.lstrip("!").startswith("P"))):
+        regs = _address(tok) if "[" in tok else _registers(tok, _width(op, mods, k, len(toks)))
+        second = (op.endswith("SETP") and tok.lstrip("!").startswith("P")) or returns
+        if has_dest and (k == 0 or (k == 1 and second)):
             dest += regs
         else:
             srcs += regs
@@ -272,11 +294,27 @@ def _code_version() -> str:
     return "uncommitted triton_kernels.py"
 
 
+#: what a step's library products run in: float32 (TF32 where cuDNN's flag allows) or a 16-bit type
+PRODUCT_DTYPES = ("fp32", "16-bit")
+
+
+def library_gflop(mode: str, B: int, I: int, H: int) -> float:
+    """GFLOP per step of the large library products a forward + backward runs beside the time
+    loop: the input projection, its input and weight gradients (``B x I x G``) and the recurrent
+    weight gradient (``B x H x G``), ``G`` the gates' width."""
+    from rnnkit.engine import triton_engine as te
+
+    G = te.NUM_GATES[mode] * H
+    return 2 * B * G * (3 * I + H) / 1e9
+
+
 def calibrate(measured: dict) -> dict:
     """Fit a ``bench_gpu.py`` run's default Triton times (µs per step, forward + backward) as
-    ``a`` x (modelled cycles of both kernels) + ``fixed[path]`` / ``T``: ``a`` in ns per model
-    cycle, ``fixed`` the µs a call costs beyond its steps, per path (their launches differ).
-    Points on other paths than :data:`PATHS` are left out."""
+    ``a`` x (modelled cycles of both kernels) + ``fixed[path]`` / ``T`` + ``g[dtype]`` x
+    (:func:`library_gflop` per step): ``a`` in ns per model cycle (``1 / a`` the clock the model's
+    cycles run at), ``fixed`` the µs a call costs beyond its steps, per path (their launches
+    differ), ``g`` the µs per GFLOP of the library products (float32 or 16-bit). Points on other
+    paths than :data:`PATHS` are left out."""
     import numpy as np
 
     from bench_gpu import DTYPES
@@ -293,28 +331,46 @@ def calibrate(measured: dict) -> dict:
             cache[key] = model_plan(row["mode"], row["B"], row["H"], DTYPES[row["dtype"]], plan)
         m = cache[key]
         cycles = m["forward"]["cycles"] + m["backward"]["cycles"]
+        gflop = library_gflop(row["mode"], row["B"], row["I"], row["H"])
+        kind = "fp32" if row["dtype"] == "fp32" else "16-bit"
         points.append(
             {k: row[k] for k in POINT}
             | {
                 "path": plan.path,
                 "measured_us": round(default["us_per_step"], 3),
                 "model_cycles": {"forward": m["forward"]["cycles"], "backward": m["backward"]["cycles"]},
+                "library_gflop": round(gflop, 5),
                 "stalls": {"forward": m["forward"]["stalls"], "backward": m["backward"]["stalls"]},
-                "_x": (cycles / 1000.0, *((1000.0 / row["T"]) * (plan.path == p) for p in PATHS)),
+                "_x": (
+                    cycles / 1000.0,
+                    *((1000.0 / row["T"]) * (plan.path == p) for p in PATHS),
+                    *(gflop * (kind == k) for k in PRODUCT_DTYPES),
+                ),
             }
         )
     x = np.array([p.pop("_x") for p in points])
     y = np.array([p["measured_us"] for p in points])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     fit = x @ coef
-    for p, f in zip(points, fit):
+    n_paths = len(PATHS)
+    for p, f, xi in zip(points, fit, x):
         p["fitted_us"] = round(float(f), 3)
+        # where the fitted time goes: the kernels' steps, the call's fixed cost spread over its
+        # steps, the library products
+        parts = xi * coef
+        p["fitted_parts_us"] = {
+            "time_loop": round(float(parts[0]), 3),
+            "per_call": round(float(parts[1 : 1 + n_paths].sum()), 3),
+            "library": round(float(parts[1 + n_paths :].sum()), 3),
+        }
     return {
         "measured": measured.get("command", ""),
         "machine": measured.get("machine", {}).get("gpu", ""),
         "modelled_code": _code_version(),
         "ns_per_model_cycle": round(float(coef[0]), 4),
-        "fixed_us_per_call": {p: round(float(c) * 1000, 1) for p, c in zip(PATHS, coef[1:])},
+        "model_clock_ghz": round(1 / float(coef[0]), 3) if coef[0] > 0 else None,
+        "fixed_us_per_call": {p: round(float(c) * 1000, 1) for p, c in zip(PATHS, coef[1 : 1 + n_paths])},
+        "us_per_library_gflop": {k: round(float(c), 3) for k, c in zip(PRODUCT_DTYPES, coef[1 + n_paths :])},
         "r2": round(float(1 - ((y - fit) ** 2).sum() / ((y - y.mean()) ** 2).sum()), 3),
         "median_abs_rel_error": round(float(np.median(np.abs(fit / y - 1))), 3),
         "points": points,
@@ -331,7 +387,9 @@ def predict(measured: dict, fit: dict, names: tuple[str, ...] = PREDICTED) -> li
     it run on today's kernels: the measured default's time plus ``fit``'s ns per model cycle
     times the variant's modelled cycles less the measured default's, as ``fit`` recorded them
     (the fixed cost per call is the same; so is most of the model's error where two kernels are
-    alike). With the ratio to cuDNN's time in the same run, and the target."""
+    alike). With the ratio to cuDNN's time in the same run, the target, and ``fixed_us_to_meet``:
+    the fixed cost per call (the fit's now, for the measured default's path) at which the variant
+    would meet the target (below zero: no fixed cost would do; the steps alone miss it)."""
     from bench_gpu import DTYPES, _variant_plan
     from rnnkit.engine import triton_engine as te
 
@@ -343,6 +401,7 @@ def predict(measured: dict, fit: dict, names: tuple[str, ...] = PREDICTED) -> li
         if point is None or cudnn is None:
             continue
         base = sum(point["model_cycles"].values())
+        fixed = fit["fixed_us_per_call"][point["path"]]
         got = {k: row[k] for k in POINT} | {
             "cudnn_us": round(cudnn["us_per_step"], 3),
             "target": row.get("target_ratio"),
@@ -368,6 +427,11 @@ def predict(measured: dict, fit: dict, names: tuple[str, ...] = PREDICTED) -> li
                 "us": round(us, 3),
                 "ratio": round(us / cudnn["us_per_step"], 3),
             }
+            if row.get("target_ratio") is not None:
+                # the fixed cost per call (now the fit's, for the measured default's path) at
+                # which this variant would meet the target: the lever graphs and host work pull
+                slack = row["T"] * (row["target_ratio"] * cudnn["us_per_step"] - us)
+                got["variants"][name]["fixed_us_to_meet"] = round(fixed + slack, 1)
         out.append(got)
     return out
 
@@ -390,8 +454,9 @@ def main() -> int:
             where = f"{p['mode']} {p['dtype']} B={p['B']} T={p['T']} H={p['H']} {p['path']}"
             print(f"{where}: measured {p['measured_us']:.2f} µs, fitted {p['fitted_us']:.2f} µs")
         print(
-            f"{result['ns_per_model_cycle']} ns per model cycle, {result['fixed_us_per_call']} µs per call: "
-            f"R^2 {result['r2']}, median error {result['median_abs_rel_error']:.0%}"
+            f"{result['ns_per_model_cycle']} ns per model cycle (a {result['model_clock_ghz']} GHz clock), "
+            f"{result['fixed_us_per_call']} µs per call, {result['us_per_library_gflop']} µs per GFLOP "
+            f"of library products: R^2 {result['r2']}, median error {result['median_abs_rel_error']:.0%}"
         )
     elif args.predict:
         if args.measured is None:
@@ -400,8 +465,16 @@ def main() -> int:
         names = tuple(n for n in args.variants.split(",") if n)
         predicted = predict(json.loads(args.measured.read_text()), fit, names)
         result = {"fit": str(args.predict), "modelled_code": _code_version(), "predicted": predicted}
+
+        def why(v: dict, target: float | None) -> str:
+            if target is None or v["ratio"] <= target:
+                return ""
+            if v["fixed_us_to_meet"] <= 0:
+                return " (misses at any fixed cost)"
+            return f" (meets at a fixed cost <= {v['fixed_us_to_meet']:.0f} µs a call)"
+
         for p in result["predicted"]:
-            shown = ", ".join(f"{k} {v['ratio']:.2f}" for k, v in p["variants"].items())
+            shown = ", ".join(f"{k} {v['ratio']:.2f}{why(v, p['target'])}" for k, v in p["variants"].items())
             where = f"{p['mode']} {p['dtype']} B={p['B']} T={p['T']} H={p['H']}"
             measured = f"measured {p['default_ratio']:.2f} of cuDNN (target {p['target']})"
             print(f"{where}: {measured}; predicted {shown}")

@@ -50,6 +50,27 @@ def test_wide_operands_predicates_and_the_tensor_pipe():
     assert sm.simulate(loop(*chained))["HMMA"] == 4
 
 
+def test_addresses_are_read_as_addresses_whatever_the_data_width():
+    # a 128-bit load reads a 64-bit address (a register pair) and a descriptor (a uniform pair),
+    # not four registers of each: R24 here is another load's, and the next load must not wait
+    # for it
+    assert sm._operands("LDG.E.128", "R32, desc[UR16][R22.64]", "@P3") == (
+        ["R32", "R33", "R34", "R35"],
+        ["P3", "UR16", "UR17", "R22", "R23"],
+    )
+    loads = loop("LDG.E.128 R24, desc[UR4][R10.64]", "LDG.E.128 R32, desc[UR4][R22.64]")
+    assert sm.simulate(loads)["cycles"] == 3
+    # a store's data spans its width, its address does not
+    assert sm._operands("STG.E.128", "desc[UR4][R2.64], R8", "") == (
+        [],
+        ["UR4", "UR5", "R2", "R3", "R8", "R9", "R10", "R11"],
+    )
+    assert sm._operands("LDS.64", "R4, [R148+UR8+0x10]", "") == (["R4", "R5"], ["R148", "UR8"])
+    # an atomic that returns writes its second operand; a shared atomic's address is read
+    assert sm._operands("ATOMG.E.ADD.STRONG.GPU", "PT, R5, desc[UR6][R2.64], R7", "")[0] == ["R5"]
+    assert sm._operands("ATOMS.ADD", "R4, [R2], R3", "") == (["R4"], ["R2", "R3"])
+
+
 def test_a_barrier_waits_for_the_shared_stores_before_it():
     got = sm.simulate(loop("STS [R1], R2", "BAR.SYNC.DEFER_BLOCKING 0x0"))
     assert got["BAR"] == 1
@@ -69,7 +90,8 @@ def test_the_time_loop_is_the_one_with_the_products():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 def test_calibration_recovers_a_known_fit_and_predicts_a_variant(tmp_path):
     # the model of one compiled kernel pair, made into measured times that fit it exactly:
-    # 0.5 ns per model cycle and 800 µs per call; the fit must find both back
+    # 0.5 ns per model cycle, 800 µs per call and 20 µs per GFLOP of library products (the
+    # input size varies them apart from the kernels'); the fit must find all three back
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT / "src")
     code = (
@@ -88,14 +110,24 @@ def test_calibration_recovers_a_known_fit_and_predicts_a_variant(tmp_path):
     assert model["forward"]["HMMA"] == 64 and cycles > model["forward"]["instructions"]
     plan = {"path": "resident", "block_b": 16, "block_h": 64, "block_k": 64, "num_warps": 4, "num_stages": 2}
     rows = []
-    for T in (64, 256, 2048):
-        us = 0.5 * cycles / 1000 + 800 / T
+    for T, I in ((64, 1024), (256, 8192), (512, 2048), (2048, 4096)):
+        gflop = 2 * 8 * (4 * 64) * (3 * I + 64) / 1e9  # B = 8, G = 4 H, H = 64
+        us = 0.5 * cycles / 1000 + 800 / T + 20 * gflop
         impls = [
             {"impl": "cudnn", "us_per_step": 2 * us},
             {"impl": "triton:resident", "us_per_step": us, "plan": plan, "default": True},
         ]
         rows.append(
-            {"mode": "lstm", "dtype": "fp32", "B": 8, "T": T, "H": 64, "impls": impls, "target_ratio": 1.0}
+            {
+                "mode": "lstm",
+                "dtype": "fp32",
+                "B": 8,
+                "T": T,
+                "I": I,
+                "H": 64,
+                "impls": impls,
+                "target_ratio": 1.0,
+            }
         )
     measured = tmp_path / "gpu.json"
     measured.write_text(json.dumps({"command": "test", "rows": rows}))
@@ -111,12 +143,21 @@ def test_calibration_recovers_a_known_fit_and_predicts_a_variant(tmp_path):
     fit = json.loads(fit_path.read_text())
     assert fit["ns_per_model_cycle"] == pytest.approx(0.5, abs=1e-3)
     assert fit["fixed_us_per_call"]["resident"] == pytest.approx(800, abs=0.5) and fit["r2"] == 1.0
-    assert [p["model_cycles"] for p in fit["points"]] == [model_cycles] * 3
+    assert fit["us_per_library_gflop"]["fp32"] == pytest.approx(20, rel=5e-3)
+    assert fit["model_clock_ghz"] == pytest.approx(2.0, rel=1e-3)
+    assert [p["model_cycles"] for p in fit["points"]] == [model_cycles] * 4
+    first = fit["points"][0]["fitted_parts_us"]  # T = 64, I = 1024
+    assert first["per_call"] == pytest.approx(800 / 64, abs=0.01)
+    assert first["time_loop"] == pytest.approx(0.5 * cycles / 1000, abs=0.01)
+    assert sum(first.values()) == pytest.approx(fit["points"][0]["fitted_us"], abs=2e-3)
     predicted = json.loads(predicted_path.read_text())["predicted"]
-    assert [p["T"] for p in predicted] == [64, 256, 2048]
+    assert [p["T"] for p in predicted] == [64, 256, 512, 2048]
     assert all(p["default_ratio"] == 0.5 for p in predicted)
     # today's default is the measured one: predicted as measured
     assert predicted[0]["variants"]["default"]["us"] == pytest.approx(predicted[0]["default_us"], abs=2e-3)
+    # the fixed cost per call at which it would meet the target (1.0; cuDNN at twice its time)
+    fixed_to_meet = 800 + 64 * (2 * predicted[0]["default_us"] - predicted[0]["default_us"])
+    assert predicted[0]["variants"]["default"]["fixed_us_to_meet"] == pytest.approx(fixed_to_meet, abs=0.5)
     # a variant: the measured default plus 0.5 ns per cycle of difference
     wide = predicted[0]["variants"]["resident_wide"]
     shift = 0.5 * (wide["model_cycles"] - cycles) / 1000
