@@ -87,6 +87,14 @@ def test_the_time_loop_is_the_one_with_the_products():
         sm.simulate("        /*0000*/                   FADD R1, R1, 1 ;")
 
 
+def test_leave_one_out_errors_predict_each_point_from_the_others():
+    import numpy as np
+
+    # a constant fitted to 1, 2, 3: each point predicted by the mean of the other two
+    errors = sm.loo_errors(np.ones((3, 1)), np.array([1.0, 2.0, 3.0]))
+    assert errors == pytest.approx([1.5, 0.0, 0.5])
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 def test_calibration_recovers_a_known_fit_and_predicts_a_variant(tmp_path):
     # the model of one compiled kernel pair, made into measured times that fit it exactly:
@@ -144,6 +152,7 @@ def test_calibration_recovers_a_known_fit_and_predicts_a_variant(tmp_path):
     assert fit["ns_per_model_cycle"] == pytest.approx(0.5, abs=1e-3)
     assert fit["fixed_us_per_call"]["resident"] == pytest.approx(800, abs=0.5) and fit["r2"] == 1.0
     assert fit["us_per_library_gflop"]["fp32"] == pytest.approx(20, rel=5e-3)
+    assert fit["loo_median_abs_rel_error"] < 1e-3  # exact data: every point predicted by the rest
     assert fit["model_clock_ghz"] == pytest.approx(2.0, rel=1e-3)
     assert [p["model_cycles"] for p in fit["points"]] == [model_cycles] * 4
     first = fit["points"][0]["fitted_parts_us"]  # T = 64, I = 1024
