@@ -262,11 +262,18 @@ def model_plan(mode: str, batch: int, hidden_size: int, dtype, plan) -> dict:
         ),
         ("backward", back, cc.step_kernels(mode, dtype, hidden_size, back)[1], name),
     )
-    out = {}
-    for side, run_plan, (fn, cx), sig_dtype in sides:
-        k = cc.compile_kernel(fn, sig_dtype, cx, run_plan, hidden_size)
-        out[side] = simulate(cc.sass_text(k.asm["cubin"]), run_plan.num_warps / 4)
-    return out
+    return {
+        side: model_kernel(fn, sig_dtype, cx, run_plan, hidden_size)
+        for side, run_plan, (fn, cx), sig_dtype in sides
+    }
+
+
+def model_kernel(fn, dtype: str, constexprs: dict, plan, H: int) -> dict:
+    """:func:`simulate` of one kernel compiled as ``compile_check.compile_kernel`` compiles it."""
+    import compile_check as cc
+
+    k = cc.compile_kernel(fn, dtype, constexprs, plan, H)
+    return simulate(cc.sass_text(k.asm["cubin"]), plan.num_warps / 4)
 
 
 #: what names a grid point in ``bench_gpu.py``'s rows
@@ -431,7 +438,7 @@ def predict(measured: dict, fit: dict, names: tuple[str, ...] = PREDICTED) -> li
                 plan = te.plan_for(row["mode"], row["B"], row["H"], dtype)
             else:
                 plan = _variant_plan(name, row["mode"], row["B"], row["H"], dtype)
-            if plan is None or plan.path not in ("resident", "split"):
+            if plan is None or plan.path not in PATHS:
                 continue
             key = (row["mode"], row["B"], row["H"], row["dtype"], plan)
             if key not in cache:
@@ -502,9 +509,7 @@ def main() -> int:
         for fn, dtype, cx, plan, where, H in cc.variants():
             if fn.__name__ not in cc.MODELLED or (args.only is not None and args.only not in where):
                 continue
-            k = cc.compile_kernel(fn, dtype, cx, plan, H)
-            model = simulate(cc.sass_text(k.asm["cubin"]), plan.num_warps / 4)
-            row = {"kernel": fn.__name__, "first_use": where} | model
+            row = {"kernel": fn.__name__, "first_use": where} | model_kernel(fn, dtype, cx, plan, H)
             print(json.dumps(row), flush=True)
             rows.append(row)
         result = {"rows": rows}

@@ -96,19 +96,29 @@ def _unfolded_zero(lens, like):
 
 
 @triton.jit
-def _gate_grad_products(a0, a1, a2, a3, w0, w1, w2, w3, acc, zero, NG: tl.constexpr, PRECISION, UPCAST):
-    """``acc + sum_k a_k @ w_k`` over the ``NG`` gates, each gate's product accumulated apart
-    (from ``zero``, :func:`_unfolded_zero`) and the products summed after. A product's mma
-    instructions chain through their accumulator, one per 8 of the reduction (TF32; 16 in bf16),
-    each waiting for the last; one accumulator for all gates would make that one chain ``NG``
-    times as long, the backward step's longest wait."""
+def _gate_grad_products(
+    a0, a1, a2, a3, w0, w1, w2, w3, acc, zero, NG: tl.constexpr, APART: tl.constexpr, PRECISION, UPCAST
+):
+    """``acc + sum_k a_k @ w_k`` over the ``NG`` gates. ``APART``: each gate's product accumulated
+    apart (from ``zero``, :func:`_unfolded_zero`) and the products summed after; else one chain,
+    each gate's product accumulating onto the last's. A product's mma instructions chain through
+    their accumulator, one per 8 of the reduction (TF32; 16 in bf16), each waiting for the last;
+    one accumulator for all gates makes that one chain ``NG`` times as long, the backward step's
+    longest wait."""
     out = _mm(a0, w0, acc, PRECISION, UPCAST)
-    if NG > 1:
-        p1 = _mm(a1, w1, zero, PRECISION, UPCAST)
-        p2 = _mm(a2, w2, zero, PRECISION, UPCAST)
+    if APART:
+        if NG > 1:
+            p1 = _mm(a1, w1, zero, PRECISION, UPCAST)
+            p2 = _mm(a2, w2, zero, PRECISION, UPCAST)
+            if NG > 3:
+                p2 = p2 + _mm(a3, w3, zero, PRECISION, UPCAST)
+            out = (out + p1) + p2
+    else:
+        if NG > 1:
+            out = _mm(a1, w1, out, PRECISION, UPCAST)
+            out = _mm(a2, w2, out, PRECISION, UPCAST)
         if NG > 3:
-            p2 = p2 + _mm(a3, w3, zero, PRECISION, UPCAST)
-        out = (out + p1) + p2
+            out = _mm(a3, w3, out, PRECISION, UPCAST)
     return out
 
 
@@ -561,15 +571,7 @@ def bwd_resident_kernel(
         d0, d1, d2, d3, direct, dc = _bwd_cell(
             dh, dc, t, valid, l0, l1, l2, l3, l4, l5, l6, m2, gt, dgi_ptr, B, H, MODE, NG, GW, RELU, PACK
         )
-        if APART:
-            dh = _gate_grad_products(d0, d1, d2, d3, w0, w1, w2, w3, direct, zero, NG, PRECISION, UPCAST)
-        else:
-            dh = _mm(d0, w0, direct, PRECISION, UPCAST)
-            if NG > 1:
-                dh = _mm(d1, w1, dh, PRECISION, UPCAST)
-                dh = _mm(d2, w2, dh, PRECISION, UPCAST)
-            if NG > 3:
-                dh = _mm(d3, w3, dh, PRECISION, UPCAST)
+        dh = _gate_grad_products(d0, d1, d2, d3, w0, w1, w2, w3, direct, zero, NG, APART, PRECISION, UPCAST)
         l0 = n0
         l1 = n1
         l2 = n2
@@ -1100,7 +1102,7 @@ def bwd_split_kernel(
                 a2 = tl.load(base + (3 if MODE == 2 else 2) * H, mask=gm, other=0.0, cache_modifier=".cg")
             if NG > 3:
                 a3 = tl.load(base + 3 * H, mask=gm, other=0.0, cache_modifier=".cg")
-            dh = _gate_grad_products(a0, a1, a2, a3, w0, w1, w2, w3, dh, zero, NG, PRECISION, UPCAST)
+            dh = _gate_grad_products(a0, a1, a2, a3, w0, w1, w2, w3, dh, zero, NG, True, PRECISION, UPCAST)
         else:  # gate by gate, one chain
             dh = _mm(tl.load(base, mask=gm, other=0.0, cache_modifier=".cg"), w0, dh, PRECISION, UPCAST)
             if NG > 1:
