@@ -202,12 +202,31 @@ def _force_split(monkeypatch, how):
 
 
 @pytest.mark.skipif(not _team.AVAILABLE, reason="torch ships no GNU-compatible OpenMP runtime")
+def _force_transposed(monkeypatch, on: bool) -> list:
+    """Make the forward kernels read ``W_hh`` transposed (``transpose_rows``) at any size, or
+    never; returns the list the copies made are recorded in."""
+    made = []
+    kernels = fused._numba_kernels()
+    transpose_rows = kernels.transpose_rows
+
+    def recording(w, bounds):
+        made.append(list(bounds))
+        return transpose_rows(w, bounds)
+
+    monkeypatch.setattr(kernels, "transpose_rows", recording)
+    monkeypatch.setattr(fused, "_TRANSPOSED_FROM_ROWS", 0 if on else 10**12)
+    return made
+
+
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("mode,nonlinearity,how", SPLITS)
-def test_multithreaded_loops_equal_reference(monkeypatch, mode, nonlinearity, how, dtype):
+def test_multithreaded_loops_equal_reference(monkeypatch, mode, nonlinearity, how, dtype, transposed):
     """3 threads on torch's OpenMP team: LSTM hidden units in blocks of 2, 2, 3 (a barrier per
-    step), or batch ranges of 1, 2, 2 sequences; odd lengths, every gradient."""
+    step), or batch ranges of 1, 2, 2 sequences; odd lengths, every gradient; the forward's
+    products from ``W_hh`` as stored or from its per-thread blocks transposed."""
     teams = _force_split(monkeypatch, how)
+    made = _force_transposed(monkeypatch, transposed)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
@@ -216,14 +235,20 @@ def test_multithreaded_loops_equal_reference(monkeypatch, mode, nonlinearity, ho
     finally:
         torch.set_num_threads(threads)
     assert teams and max(teams) == 3, "the loops did not run on a team of 3 threads"
+    if transposed and fused._numba_kernels().HAVE_VENDOR_BLAS:
+        assert made == [[(0, 8), (8, 16), (16, 28)]] if how == "units" else len(made) == 1
+    else:
+        assert not made
     out2, st2, g2 = _run_and_grad(reference.run, mode, *problem, nonlinearity)
     tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
     for a, b in zip([out1, *st1, *g1], [out2, *st2, *g2], strict=True):
         torch.testing.assert_close(a, b, **tol)
 
 
-def test_lstm_kernel_one_thread_over_several_blocks_equals_torch_layout():
-    """OpenMP may grant fewer threads than blocks: one thread then owns every block."""
+@pytest.mark.parametrize("transposed,vendor", [(False, True), (True, True), (True, False)])
+def test_lstm_kernel_one_thread_over_several_blocks_equals_torch_layout(transposed, vendor):
+    """OpenMP may grant fewer threads than blocks: one thread then owns every block (with
+    ``W_hh`` transposed, one product per block). Against blocks = 1 as stored, vendor BLAS."""
     kernels = fused._numba_kernels()
     T, B, H = 6, 3, 7
     g = torch.Generator().manual_seed(3)
@@ -233,7 +258,7 @@ def test_lstm_kernel_one_thread_over_several_blocks_equals_torch_layout():
     c0 = torch.randn(B, H, generator=g, dtype=torch.float64)
     lengths = torch.tensor([6, 2, 5])
     results = []
-    for blocks in (1, 3):
+    for blocks, w_t_on, use_vendor in ((1, False, True), (3, transposed, vendor)):
         order = fused._blocked_order(H, 4, blocks)
         a = act.index_select(2, order).contiguous()
         hbuf = torch.stack([h0, torch.zeros_like(h0)])
@@ -242,13 +267,28 @@ def test_lstm_kernel_one_thread_over_several_blocks_equals_torch_layout():
         tanh_c, out = torch.empty(T, B, H, dtype=torch.float64), torch.empty(T, B, H, dtype=torch.float64)
         bias = torch.randn(4 * H, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
         w_b = w_hh.index_select(0, order).contiguous()
-        arrays = [t.numpy() for t in (a, w_b, bias.index_select(0, order), hbuf, c_seq, tanh_c, out)]
-        kernels.lstm_forward(*arrays, lengths.numpy(), 0, B, blocks, 0, 1, True)
+        bounds = [(4 * (H * k // blocks), 4 * (H * (k + 1) // blocks)) for k in range(blocks)]
+        w_t = kernels.transpose_rows(w_b, bounds) if w_t_on else w_b.new_empty(0)
+        arrays = [t.numpy() for t in (a, w_b, w_t, bias.index_select(0, order), hbuf, c_seq, tanh_c, out)]
+        kernels.lstm_forward(*arrays, lengths.numpy(), 0, B, blocks, 0, 1, use_vendor)
         gates = torch.empty_like(a)
         gates[:, :, order] = a  # back to torch's [i | f | g | o] columns
         results.append((gates, out, c_seq, hbuf[T % 2]))
     for x, y in zip(*results, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_transpose_rows_places_each_block_at_its_offset(dtype):
+    """Block ``[lo, hi)`` of ``w`` ``(N, K)`` transposed, C-contiguous at offset ``K * lo``;
+    MKL's copy where torch exports it, else torch's, both exact."""
+    kernels = fused._numba_kernels()
+    w = torch.randn(11, 5, dtype=dtype)
+    bounds = [(0, 4), (4, 6), (6, 11)]
+    flat = kernels.transpose_rows(w.t().contiguous().t(), bounds)  # a non-contiguous weight too
+    assert flat.shape == (55,) and flat.dtype == dtype
+    for lo, hi in bounds:
+        assert torch.equal(flat[5 * lo : 5 * hi].view(5, hi - lo), w[lo:hi].t())
 
 
 def test_backward_scratch_buffers_are_not_returned():

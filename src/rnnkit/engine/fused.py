@@ -329,18 +329,24 @@ _SINGLE_THREAD_BELOW = 100_000
 #: reads the units the others wrote) when a step's recurrent product has at least this many
 #: multiply-adds and either the batch is too small to split or ``H >= _LSTM_UNITS_FROM_H``; each
 #: thread then gets at least ``_LSTM_MIN_UNITS_PER_THREAD`` units. Splitting the batch shares
-#: nothing, but each thread's product then has fewer rows and streams all of ``W_hh``. On the
-#: 2-core benchmark VM the LSTM loops at (64, 64, 512, 512) took 7 % less time split by units;
+#: nothing, but each thread's product then has fewer rows and streams all of ``W_hh``. On a
+#: 2-core AMD EPYC VM the LSTM loops at (64, 64, 512, 512) took 7 % less time split by units;
 #: at (16, 256, 128, 128) the two were even, and in some processes cross-core traffic made the
-#: unit split up to 35 % slower, so smaller H splits the batch. ``None``: never split units.
+#: unit split up to 35 % slower. On a 2-core Intel Xeon VM, with the forward's products reading
+#: ``W_hh`` transposed, the batch split was 3-10 % faster at ``H`` = 256 (B = 8-64, training
+#: steps), 3 % faster at (64, 64, 512, 512) and 5 % slower at (32, 64, 512, 512); so ``H`` under
+#: 512 splits the batch. ``None``: never split units.
 _LSTM_SPLIT_UNITS_ABOVE: int | None = 100_000
-_LSTM_UNITS_FROM_H = 256
+_LSTM_UNITS_FROM_H = 512
 _LSTM_MIN_UNITS_PER_THREAD = 16
 #: Cut the batch into per-thread ranges (GRU, RNN) when a step has at least this many
 #: multiply-adds in its recurrent product and each thread gets at least ``_MIN_ROWS_PER_THREAD``
 #: sequences. ``None``: never. Measured on 2 cores, see benchmarks/results/cpu.md.
 _BATCH_SPLIT_ABOVE: int | None = 0
 _MIN_ROWS_PER_THREAD = 2
+#: The forward kernels read ``W_hh`` transposed once per call (``transpose_rows``) when ``B >= 2``
+#: and ``T * B`` is at least this: the copy costs about what ~100 rows' products gain.
+_TRANSPOSED_FROM_ROWS = 128
 
 
 #: (kernel, argument types) already compiled for a team run (see ``_on_team``).
@@ -465,10 +471,21 @@ class _NumbaLoops:
 
         self._on_team(kernel, args, threads, part_args)
 
+    def _transposed(self, seq: Tensor, w_hh: Tensor, bounds: list[tuple[int, int]]) -> Tensor:
+        """``w_hh``'s row ranges ``bounds`` transposed for the forward's products (the kernels'
+        ``w_t``), or empty: where one sequence runs (a vector product, no BLAS) or too few rows
+        pay for the copy (a 1 MiB weight takes ~80 us; each step's product gains 5-25 %)."""
+        T, B = seq.shape[:2]
+        if not self.vendor or B < 2 or T * B < _TRANSPOSED_FROM_ROWS:
+            return w_hh.new_empty(0)
+        return self.kernels.transpose_rows(w_hh, bounds)
+
     def lstm_forward(self, act, w_hh, bias, h, c_seq, tanh_c, out, lengths, blocks):
         hbuf = h.new_empty(2, *h.shape)  # (2, B, H): each step reads one, writes the other
         hbuf[0] = h
-        arrays = self._np(act, w_hh, bias, hbuf, c_seq, tanh_c, out)
+        H = w_hh.shape[1]
+        bounds = [(4 * (H * k // blocks), 4 * (H * (k + 1) // blocks)) for k in range(blocks)]
+        arrays = self._np(act, w_hh, self._transposed(act, w_hh, bounds), bias, hbuf, c_seq, tanh_c, out)
         B, step_macs = self._work(act, w_hh)
         self._lstm(
             self.kernels.lstm_forward, (*arrays, self._lengths(lengths, act)), B, blocks, step_macs, None
@@ -485,7 +502,7 @@ class _NumbaLoops:
         return dbias.sum(0)
 
     def gru_forward(self, act, w_hh, b_hh, h, gh_n, out, lengths):
-        arrays = self._np(act, w_hh, b_hh, h, gh_n, out)
+        arrays = self._np(act, w_hh, self._transposed(act, w_hh, [(0, w_hh.shape[0])]), b_hh, h, gh_n, out)
         self._batch_split(
             self.kernels.gru_forward, (*arrays, self._lengths(lengths, act)), *self._work(act, w_hh)
         )
@@ -497,7 +514,7 @@ class _NumbaLoops:
         )
 
     def rnn_forward(self, out, w_hh, h, lengths, relu):
-        arrays = self._np(out, w_hh, h)
+        arrays = self._np(out, w_hh, self._transposed(out, w_hh, [(0, w_hh.shape[0])]), h)
         self._batch_split(
             self.kernels.rnn_forward, (*arrays, self._lengths(lengths, out), relu), *self._work(out, w_hh)
         )
