@@ -171,6 +171,11 @@ def peak_mib(fn) -> float:
 #: misses were put down to it (benchmarks/results/gpu_notes.md, session 8), at two short lengths.
 PROBE_SIZES = [("lstm", "bf16", 64, 512, 512), ("lstm", "fp32", 16, 128, 128), ("gru", "fp32", 1, 64, 64)]
 PROBE_T = (8, 64)
+#: ``(mode, dtype, B, T, I, H)`` whose calls :func:`library_timelines` records, cuDNN's and the
+#: default's: the fp32 ``H`` = 512 misses, where the step model's fit gives the library products
+#: (input projection, weight gradients) 7-9.5 us a step, a rate of 57 TFLOP/s: what full fp32
+#: products reach, not TF32 ones. The kernels' names say which ran (``tf32`` in cuBLAS's).
+LIBRARY_POINTS = [("lstm", "fp32", 64, 256, 512, 512), ("gru", "fp32", 64, 256, 512, 512)]
 
 
 def host_ms(fn, reps: int = 5) -> float:
@@ -336,6 +341,36 @@ def probe_timelines(probes: list[dict]) -> None:
             flush=True,
         )
         del prob
+
+
+def library_timelines() -> list[dict]:
+    """:func:`timeline` of one call of cuDNN and of the Triton default at each point of
+    :data:`LIBRARY_POINTS`, with its kernels' names whole: what the library products take, and
+    whether they run as TF32. After all timing (the profiler slows later launches)."""
+    rows = []
+    for mode, dname, B, T, I, H in LIBRARY_POINTS:
+        impls = probe_impls(mode, B, H, DTYPES[dname])
+        for name, plan in list(impls.items())[:2]:  # cuDNN and the default, not its graph
+            row = {"mode": mode, "dtype": dname, "B": B, "T": T, "I": I, "H": H, "impl": name}
+            prob = Problem(mode, B, T, I, H, DTYPES[dname])
+            try:
+                row["timeline"] = timeline(probe_call(prob, plan))
+            except Exception as e:  # the profiler may be unavailable
+                row["timeline"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            del prob
+            rows.append(row)
+            print(f"# library: {library_line(row)}", flush=True)
+    return rows
+
+
+def library_line(row: dict) -> str:
+    """One line of :func:`library_timelines`: the call's figures, then every top kernel by name."""
+    tl = row["timeline"]
+    head = f"{row['mode']} {row['dtype']} B={row['B']} T={row['T']} H={row['H']} {row['impl']}"
+    if "error" in tl:
+        return f"{head}: {tl['error']}"
+    kernels = "; ".join(f"{t['kernel']} x{t['per_call']:.0f} {t['us']:.0f} us" for t in tl["top"])
+    return f"{head}: wall {tl['wall_ms']:.3f} ms, GPU busy {tl['gpu_busy_ms']:.3f} ms; {kernels}"
 
 
 def probe_line(row: dict) -> str:
@@ -607,6 +642,7 @@ def main() -> int:
     rows: dict[tuple, dict] = {}
     skipped = []
     probes: list[dict] = []
+    library: list[dict] = []
 
     def save() -> dict:
         """Write what is measured so far (after every point: a killed run still leaves its data)."""
@@ -621,6 +657,7 @@ def main() -> int:
             "rows": results,
             "skipped_for_time": skipped,
             "fixed_cost": probes,
+            "library": library,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=1, default=str))
@@ -689,6 +726,8 @@ def main() -> int:
     if probes:  # last: the profiler would slow whatever ran after it
         save()
         probe_timelines(probes)
+        save()
+        library += library_timelines()
     payload = save()
     args.out.with_suffix(".md").write_text(to_markdown(payload))
     _print_table(payload["rows"])
@@ -928,6 +967,9 @@ def to_markdown(payload: dict) -> str:
             tl = row["timeline"]
             head = f"{row['mode']} {row['dtype']} B={row['B']} T={PROBE_T[-1]} H={row['H']} {row['impl']}"
             lines.append(f"- {head}: {tl.get('error') or timeline_line(tl)}")
+    if payload.get("library"):
+        lines += ["", "The library products at fp32 H = 512 (one call's top kernels, whole names):", ""]
+        lines += [f"- {library_line(row)}" for row in payload["library"]]
     return "\n".join(lines) + "\n"
 
 

@@ -78,6 +78,7 @@ def main() -> int:
     bench_gpu.LAYERS_GRID = [(3, 2, 8, 16)]
     bench_gpu.PROBE_SIZES = [("lstm", "bf16", 3, 8, 16), ("gru", "fp32", 3, 8, 16)]
     bench_gpu.PROBE_T = (2, 3)
+    bench_gpu.LIBRARY_POINTS = [("lstm", "fp32", 3, 2, 8, 16)]
     # the worker processes would import bench_gpu afresh, for CUDA: compile nothing up front
     bench_gpu.precompile = lambda *a: {"variants": 0, "workers": 0, "seconds": 0.0, "errors": []}
     bench_gpu.machine = lambda: {

@@ -64,6 +64,12 @@ def test_gpu_benchmarks_run_every_variant_the_next_gpu_call_times(tmp_path):
     assert all("error" not in p["timeline"] and p["timeline"]["wall_ms"] > 0 for p in probes)
     assert "What the GPU does in one call" in markdown
     assert "# timeline: gru fp32 B=3 H=16 triton:graph: wall" in proc.stdout
+    # and the library products' kernels at the fp32 H = 512 misses: cuDNN's call and the default's
+    library = payload["library"]
+    assert [r["impl"].split(":")[0] for r in library] == ["cudnn", "triton"]
+    assert all("error" not in r["timeline"] and r["timeline"]["wall_ms"] > 0 for r in library)
+    assert "# library: lstm fp32 B=3 T=2 H=16 cudnn: wall" in proc.stdout
+    assert "The library products at fp32 H = 512" in markdown
     # and gpu_check.sh's memory stage, the graphed calls included
     memory = json.loads((tmp_path / "gpu_memory.json").read_text())["rows"]
     assert [(r["mode"], r["dtype"]) for r in memory] == [("lstm", "fp32"), ("gru", "bf16")]
