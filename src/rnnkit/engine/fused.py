@@ -363,9 +363,11 @@ def _type_key(a: Any) -> tuple:
 class _NumbaLoops:
     """Adapts tensors to the kernels: zero-copy ``numpy()`` views of contiguous CPU tensors.
 
-    Multi-threading runs the kernels on torch's own OpenMP team (:mod:`._team`): the LSTM splits
-    its hidden units across threads (a barrier per step); GRU and RNN split the batch (sequences
-    never interact, so no synchronisation at all). Inside the team BLAS runs single-threaded.
+    Multi-threading runs the kernels on torch's own OpenMP team (:mod:`._team`): the LSTM at
+    ``H >= 512`` (or with too few sequences to share out) splits its hidden units across threads
+    (a barrier per step); otherwise it, GRU and RNN split the batch (sequences never interact, so
+    no synchronisation at all). Inside the team BLAS runs single-threaded. The forward kernels
+    get ``W_hh`` transposed per thread block where that pays (:meth:`_transposed`).
     """
 
     def __init__(self, vendor: bool) -> None:
