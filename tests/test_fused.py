@@ -183,6 +183,7 @@ def _force_split(monkeypatch, how):
         monkeypatch.setattr(fused, "_LSTM_SPLIT_UNITS_ABOVE", 0)
         monkeypatch.setattr(fused, "_LSTM_UNITS_FROM_H", 0)
         monkeypatch.setattr(fused, "_LSTM_MIN_UNITS_PER_THREAD", 1)
+        monkeypatch.setattr(fused, "_LSTM_UNITS_MIN_STEPS", 1)
     else:
         monkeypatch.setattr(fused, "_LSTM_SPLIT_UNITS_ABOVE", None)
         monkeypatch.setattr(fused, "_BATCH_SPLIT_ABOVE", 0)
@@ -296,6 +297,25 @@ def test_transpose_rows_places_each_block_at_its_offset(monkeypatch, dtype, mkl)
         assert torch.equal(flat[5 * lo : 5 * hi].view(5, hi - lo), w[lo:hi].t())
 
 
+@pytest.mark.parametrize(
+    "T,B,H,blocks",
+    [
+        (1, 1, 256, 1),  # a generated token: one thread (the split cost 2.0 ms against 0.4)
+        (512, 1, 1024, 1),  # one sequence never splits: BLAS threads its products itself
+        (16, 2, 512, 1),  # too few steps to pay for the reorder and the team
+        (128, 2, 512, 2),
+        (64, 32, 256, 1),  # the batch splits instead
+        (16, 32, 512, 2),  # from H = 512 the units do, whatever T
+        (8, 4, 16, 1),  # a step too small to split at all
+    ],
+)
+def test_lstm_splits_units_only_where_measured_faster(monkeypatch, T, B, H, blocks):
+    """The numba backend's choice of LSTM hidden-unit blocks on a 2-thread team."""
+    loops = fused._NumbaLoops(vendor=True)
+    monkeypatch.setattr(loops.team, "team_size", lambda: 2)
+    assert loops.lstm_blocks(T, B, H) == blocks
+
+
 def test_backward_scratch_buffers_are_not_returned():
     """The backward reuses its temporaries across calls; no gradient may alias them."""
     problem = _problem("lstm", 7, 3, 4, 5, dtype=torch.float64)
@@ -320,8 +340,8 @@ def test_retain_graph_backward_twice_gives_the_same_gradients():
 
 
 @pytest.mark.skipif(not _team.AVAILABLE, reason="torch ships no GNU-compatible OpenMP runtime")
-@pytest.mark.parametrize("B,H", [(16, 128), (2, 256)])  # batch split; hidden-unit split
-def test_default_policy_splits_large_lstm_and_matches_torch_nn(monkeypatch, B, H):
+@pytest.mark.parametrize("T,B,H", [(6, 16, 128), (128, 2, 256)])  # batch split; hidden-unit split
+def test_default_policy_splits_large_lstm_and_matches_torch_nn(monkeypatch, T, B, H):
     """At sizes where ``auto`` uses several threads, float32 results still match torch.nn."""
     import rnnkit
 
@@ -335,8 +355,8 @@ def test_default_policy_splits_large_lstm_and_matches_torch_nn(monkeypatch, B, H
         ref = torch.nn.LSTM(24, H)
         layer = rnnkit.LSTM(24, H, engine="fused")
         layer.load_state_dict(ref.state_dict())
-        x = torch.randn(6, B, 24, requires_grad=True)
-        up = torch.randn(6, B, H)
+        x = torch.randn(T, B, 24, requires_grad=True)
+        up = torch.randn(T, B, H)
         grads = []
         for m in (layer, ref):
             out, (h, c) = m(x)

@@ -221,7 +221,7 @@ class _LSTMFunction(Function):
         bias = _add_optional(b_ih, b_hh)
         # Threads that split the hidden units want each one's gate columns contiguous: reorder
         # the gate rows of the weights once here, and the weight gradients back in the backward.
-        blocks = loops.lstm_blocks(B, H)
+        blocks = loops.lstm_blocks(T, B, H)
         order = _blocked_order(H, 4, blocks).to(x.device) if blocks > 1 else None
         if order is not None:
             w_ih, w_hh = w_ih.index_select(0, order), w_hh.index_select(0, order)
@@ -336,9 +336,17 @@ _SINGLE_THREAD_BELOW = 100_000
 #: ``W_hh`` transposed, the batch split was 3-10 % faster at ``H`` = 256 (B = 8-64, training
 #: steps), 3 % faster at (64, 64, 512, 512) and 5 % slower at (32, 64, 512, 512); so ``H`` under
 #: 512 splits the batch. ``None``: never split units.
+#: A call split by units also reorders the weights (and their gradients back) and wakes the
+#: thread team, about 1-2 ms a call at ``H`` = 256-1024 on the Xeon VM: one sequence (``B`` = 1)
+#: ran 1.15-8.9x slower split by units than on one thread with BLAS's own threads (``T`` = 1 to
+#: 128; at ``T`` = 1, a generated token, 2.0 against 0.4 ms at ``H`` = 256), and ``B`` = 2-3
+#: 1.2-1.5x slower at ``T`` = 16-64 (``H`` = 256-512), 0.84-0.91x at ``T`` = 128. So where the
+#: batch is too small to split, units split only from ``B`` = 2 and ``_LSTM_UNITS_MIN_STEPS``
+#: steps, else the loop runs on one thread.
 _LSTM_SPLIT_UNITS_ABOVE: int | None = 100_000
 _LSTM_UNITS_FROM_H = 512
 _LSTM_MIN_UNITS_PER_THREAD = 16
+_LSTM_UNITS_MIN_STEPS = 128
 #: Cut the batch into per-thread ranges (GRU, RNN) when a step has at least this many
 #: multiply-adds in its recurrent product and each thread gets at least ``_MIN_ROWS_PER_THREAD``
 #: sequences. ``None``: never. Measured on 2 cores, see benchmarks/results/cpu.md.
@@ -390,13 +398,16 @@ class _NumbaLoops:
             return torch.full((B,), T, dtype=torch.int64).numpy()
         return lengths.contiguous().numpy()
 
-    def lstm_blocks(self, B: int, H: int) -> int:
+    def lstm_blocks(self, T: int, B: int, H: int) -> int:
         """Into how many blocks of hidden units to cut the LSTM (one per thread, or 1: torch's layout)."""
         if _LSTM_SPLIT_UNITS_ABOVE is None or B * 4 * H * H < _LSTM_SPLIT_UNITS_ABOVE:
             return 1
         threads = self.team.team_size()
-        if H < _LSTM_UNITS_FROM_H and B >= _MIN_ROWS_PER_THREAD * threads:
+        batch_splits = B >= _MIN_ROWS_PER_THREAD * threads
+        if H < _LSTM_UNITS_FROM_H and batch_splits:
             return 1  # the batch split (see ``_lstm``) is faster here
+        if not batch_splits and (B < 2 or T < _LSTM_UNITS_MIN_STEPS):
+            return 1  # one thread: the split's cost per call would not pay (_LSTM_UNITS_MIN_STEPS)
         return max(1, min(threads, H // _LSTM_MIN_UNITS_PER_THREAD))
 
     @staticmethod
@@ -542,7 +553,7 @@ class _TorchLoops:
         return step_mask(lengths, x.shape[0], x.device)  # (T, B, 1) or None
 
     @staticmethod
-    def lstm_blocks(B: int, H: int) -> int:
+    def lstm_blocks(T: int, B: int, H: int) -> int:
         return 1  # one thread: torch's own gate layout
 
     def lstm_forward(self, act, w_hh, bias, h, c_seq, tanh_c, out, lengths, blocks=1):
