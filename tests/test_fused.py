@@ -186,7 +186,7 @@ def _force_split(monkeypatch, how):
         monkeypatch.setattr(fused, "_LSTM_UNITS_MIN_STEPS", 1)
     else:
         monkeypatch.setattr(fused, "_LSTM_SPLIT_UNITS_ABOVE", None)
-        monkeypatch.setattr(fused, "_BATCH_SPLIT_ABOVE", 0)
+        monkeypatch.setattr(fused, "_BATCH_SPLIT_FROM_MACS", 0)
         monkeypatch.setattr(fused, "_MIN_ROWS_PER_THREAD", 1)
     teams = []
     run = _team.run
@@ -316,6 +316,30 @@ def test_lstm_splits_units_only_where_measured_faster(monkeypatch, T, B, H, bloc
     assert loops.lstm_blocks(T, B, H) == blocks
 
 
+@pytest.mark.parametrize(
+    "mode,T,B,H,team",
+    [
+        ("gru", 1, 32, 256, False),  # a decoder's single step: waking the team costs more
+        ("lstm", 1, 8, 256, False),
+        ("rnn", 1024, 8, 32, False),  # 8 M multiply-adds in all
+        ("gru", 64, 16, 128, True),
+        ("lstm", 1024, 8, 32, True),  # 34 M
+    ],
+)
+def test_batch_splits_only_calls_with_enough_work(monkeypatch, mode, T, B, H, team):
+    """The numba backend runs a call's batch on the thread team only from
+    ``_BATCH_SPLIT_FROM_MACS`` multiply-adds of recurrent products (forward and backward)."""
+    loops = fused._NumbaLoops(vendor=True)
+    monkeypatch.setattr(loops.team, "team_size", lambda: 2)
+    ran = []
+    monkeypatch.setattr(loops, "_on_team", lambda *args: ran.append("team"))
+    monkeypatch.setattr(loops, "_single", lambda *args: ran.append("single"))
+    G = GATES[mode] * H
+    seq, w = torch.empty(T, B, G), torch.empty(G, H)
+    loops._batch_split(None, (), B, *loops._work(seq, w)[1:])
+    assert ran == ["team" if team else "single"]
+
+
 def test_backward_scratch_buffers_are_not_returned():
     """The backward reuses its temporaries across calls; no gradient may alias them."""
     problem = _problem("lstm", 7, 3, 4, 5, dtype=torch.float64)
@@ -340,7 +364,7 @@ def test_retain_graph_backward_twice_gives_the_same_gradients():
 
 
 @pytest.mark.skipif(not _team.AVAILABLE, reason="torch ships no GNU-compatible OpenMP runtime")
-@pytest.mark.parametrize("T,B,H", [(6, 16, 128), (128, 2, 256)])  # batch split; hidden-unit split
+@pytest.mark.parametrize("T,B,H", [(64, 16, 128), (128, 2, 256)])  # batch split; hidden-unit split
 def test_default_policy_splits_large_lstm_and_matches_torch_nn(monkeypatch, T, B, H):
     """At sizes where ``auto`` uses several threads, float32 results still match torch.nn."""
     import rnnkit

@@ -347,10 +347,13 @@ _LSTM_SPLIT_UNITS_ABOVE: int | None = 100_000
 _LSTM_UNITS_FROM_H = 512
 _LSTM_MIN_UNITS_PER_THREAD = 16
 _LSTM_UNITS_MIN_STEPS = 128
-#: Cut the batch into per-thread ranges (GRU, RNN) when a step has at least this many
-#: multiply-adds in its recurrent product and each thread gets at least ``_MIN_ROWS_PER_THREAD``
-#: sequences. ``None``: never. Measured on 2 cores, see benchmarks/results/cpu.md.
-_BATCH_SPLIT_ABOVE: int | None = 0
+#: Cut the batch into per-thread ranges (GRU, RNN, the LSTM unless split by units) when a call's
+#: recurrent products have at least this many multiply-adds (``T * B * G * H``) and each thread
+#: gets at least ``_MIN_ROWS_PER_THREAD`` sequences. ``None``: never. Waking the thread team costs
+#: about 0.2 ms a call on the 2-core Xeon VM: a decoder's single steps (``T`` = 1, ``B`` = 8-32,
+#: ``H`` = 128-256, 2-8 M multiply-adds) ran 1.3-1.7x slower split, small training calls (8-17 M)
+#: 1.0-1.4x slower; from about 25 M the split was even or faster (0.73-0.95 at 34-268 M).
+_BATCH_SPLIT_FROM_MACS: int | None = 20_000_000
 _MIN_ROWS_PER_THREAD = 2
 #: The forward kernels read ``W_hh`` transposed once per call (``transpose_rows``) when ``B >= 2``
 #: and ``T * B`` is at least this: the copy costs about what ~100 rows' products gain.
@@ -411,11 +414,12 @@ class _NumbaLoops:
         return max(1, min(threads, H // _LSTM_MIN_UNITS_PER_THREAD))
 
     @staticmethod
-    def _work(seq: Tensor, w: Tensor) -> tuple[int, int]:
-        """``B`` and the multiply-adds of one step's recurrent product for ``seq`` ``(T, B, *)`` and
-        the recurrent weight ``w`` (``G x H`` either way round): ``B * G * H``."""
-        B = seq.shape[1]
-        return B, B * w.numel()
+    def _work(seq: Tensor, w: Tensor) -> tuple[int, int, int]:
+        """``B`` and the multiply-adds of one step's recurrent product and of all ``T`` steps' for
+        ``seq`` ``(T, B, *)`` and the recurrent weight ``w`` (``G x H`` either way round):
+        ``B * G * H`` and ``T`` times that."""
+        T, B = seq.shape[:2]
+        return B, B * w.numel(), T * B * w.numel()
 
     def _single(self, kernel, args: tuple, step_macs: int) -> None:
         """The whole loop on the calling thread; BLAS single-threaded for small per-step products."""
@@ -451,7 +455,7 @@ class _NumbaLoops:
 
         self.team.run(work, threads)
 
-    def _lstm(self, kernel, args: tuple, B: int, blocks: int, step_macs: int, dbias) -> None:
+    def _lstm(self, kernel, args: tuple, B: int, blocks: int, step_macs: int, call_macs: int, dbias) -> None:
         """Run an LSTM kernel: ``blocks`` threads each owning a block of hidden units, or else as
         :meth:`_batch_split` (torch's gate layout, all units per thread). ``dbias`` (backward only,
         else None): one row of bias-gradient sums per thread, passed before the thread's range."""
@@ -464,18 +468,26 @@ class _NumbaLoops:
                 kernel, args, blocks, lambda part, parts: (*own(part), 0, B, blocks, part, parts, self.vendor)
             )
             return
-        self._batch_split(kernel, args, B, step_macs, before=own, after=(1, 0, 1))
+        self._batch_split(kernel, args, B, step_macs, call_macs, before=own, after=(1, 0, 1))
 
     def _batch_split(
-        self, kernel, args: tuple, B: int, step_macs: int, before=lambda part: (), after: tuple = ()
+        self,
+        kernel,
+        args: tuple,
+        B: int,
+        step_macs: int,
+        call_macs: int,
+        before=lambda part: (),
+        after: tuple = (),
     ) -> None:
         """Run ``kernel(*args, *before(part), b_lo, b_hi, *after, vendor)``, cutting the batch into
         per-thread ranges when worthwhile (sequences never interact), else on one thread.
 
-        ``step_macs``: multiply-adds of one step's recurrent product (``B * G * H``).
+        ``step_macs``, ``call_macs``: multiply-adds of one step's recurrent product (``B * G *
+        H``) and of the call's (``T`` times that).
         """
         threads = min(self.team.team_size(), B // _MIN_ROWS_PER_THREAD)
-        if _BATCH_SPLIT_ABOVE is None or step_macs < _BATCH_SPLIT_ABOVE or threads <= 1:
+        if _BATCH_SPLIT_FROM_MACS is None or call_macs < _BATCH_SPLIT_FROM_MACS or threads <= 1:
             self._single(kernel, (*args, *before(0), 0, B, *after, self.vendor), step_macs)
             return
 
@@ -499,19 +511,18 @@ class _NumbaLoops:
         H = w_hh.shape[1]
         bounds = [(4 * (H * k // blocks), 4 * (H * (k + 1) // blocks)) for k in range(blocks)]
         arrays = self._np(act, w_hh, self._transposed(act, w_hh, bounds), bias, hbuf, c_seq, tanh_c, out)
-        B, step_macs = self._work(act, w_hh)
-        self._lstm(
-            self.kernels.lstm_forward, (*arrays, self._lengths(lengths, act)), B, blocks, step_macs, None
-        )
+        B, step_macs, call_macs = self._work(act, w_hh)
+        args = (*arrays, self._lengths(lengths, act))
+        self._lstm(self.kernels.lstm_forward, args, B, blocks, step_macs, call_macs, None)
         h.copy_(hbuf[act.shape[0] % 2])
 
     def lstm_backward(self, act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates, lengths, blocks) -> Tensor:
         """Fills ``dgates``, ``dh``, ``dc``; returns the bias gradient ``(4H,)``."""
         arrays = self._np(act, c_seq, tanh_c, w_hh, dout, dh, dc, dgates)
         dbias = act.new_zeros(max(1, self.team.team_size()), act.shape[2])  # one row per thread
-        B, step_macs = self._work(act, w_hh)
+        B, step_macs, call_macs = self._work(act, w_hh)
         args = (*arrays, self._lengths(lengths, act))
-        self._lstm(self.kernels.lstm_backward, args, B, blocks, step_macs, dbias.numpy())
+        self._lstm(self.kernels.lstm_backward, args, B, blocks, step_macs, call_macs, dbias.numpy())
         return dbias.sum(0)
 
     def gru_forward(self, act, w_hh, b_hh, h, gh_n, out, lengths):
