@@ -374,11 +374,13 @@ def _type_key(a: Any) -> tuple:
 class _NumbaLoops:
     """Adapts tensors to the kernels: zero-copy ``numpy()`` views of contiguous CPU tensors.
 
-    Multi-threading runs the kernels on torch's own OpenMP team (:mod:`._team`): the LSTM at
-    ``H >= 512`` (or with too few sequences to share out) splits its hidden units across threads
-    (a barrier per step); otherwise it, GRU and RNN split the batch (sequences never interact, so
-    no synchronisation at all). Inside the team BLAS runs single-threaded. The forward kernels
-    get ``W_hh`` transposed per thread block where that pays (:meth:`_transposed`).
+    Multi-threading runs the kernels on torch's own OpenMP team (:mod:`._team`), for calls with
+    the work to pay for waking it: the LSTM at ``H >= 512`` (or with too few sequences to share
+    out, over enough steps) splits its hidden units across threads (a barrier per step); else it,
+    GRU and RNN split the batch (sequences never interact, so no synchronisation at all); else
+    one thread runs the loop (see the constants above). Inside the team BLAS runs
+    single-threaded. The forward kernels get ``W_hh`` transposed per thread block where that
+    pays (:meth:`_transposed`).
     """
 
     def __init__(self, vendor: bool) -> None:
