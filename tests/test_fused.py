@@ -184,6 +184,7 @@ def _force_split(monkeypatch, how):
         monkeypatch.setattr(fused, "_LSTM_UNITS_FROM_H", 0)
         monkeypatch.setattr(fused, "_LSTM_MIN_UNITS_PER_THREAD", 1)
         monkeypatch.setattr(fused, "_LSTM_UNITS_MIN_STEPS", 1)
+        monkeypatch.setattr(fused, "_LSTM_UNITS_MIN_STEPS_BATCHED", 1)
     else:
         monkeypatch.setattr(fused, "_LSTM_SPLIT_UNITS_ABOVE", None)
         monkeypatch.setattr(fused, "_BATCH_SPLIT_FROM_MACS", 0)
@@ -305,7 +306,8 @@ def test_transpose_rows_places_each_block_at_its_offset(monkeypatch, dtype, mkl)
         (16, 2, 512, 1),  # too few steps to pay for the reorder and the team
         (128, 2, 512, 2),
         (64, 32, 256, 1),  # the batch splits instead
-        (16, 32, 512, 2),  # from H = 512 the units do, whatever T
+        (32, 32, 512, 2),  # from H = 512 the units do, over enough steps
+        (1, 32, 512, 1),  # not a decoder's single step
         (8, 4, 16, 1),  # a step too small to split at all
     ],
 )

@@ -342,11 +342,14 @@ _SINGLE_THREAD_BELOW = 100_000
 #: 128; at ``T`` = 1, a generated token, 2.0 against 0.4 ms at ``H`` = 256), and ``B`` = 2-3
 #: 1.2-1.5x slower at ``T`` = 16-64 (``H`` = 256-512), 0.84-0.91x at ``T`` = 128. So where the
 #: batch is too small to split, units split only from ``B`` = 2 and ``_LSTM_UNITS_MIN_STEPS``
-#: steps, else the loop runs on one thread.
+#: steps, else the loop runs on one thread. Where the batch splits, against that split at ``B``
+#: = 32, ``H`` = 512: 2.4x slower at ``T`` = 1 (a decoder's step), 1.7x at 8, even from 32
+#: (0.96-1.04, forward alone and training): units split from ``_LSTM_UNITS_MIN_STEPS_BATCHED``.
 _LSTM_SPLIT_UNITS_ABOVE: int | None = 100_000
 _LSTM_UNITS_FROM_H = 512
 _LSTM_MIN_UNITS_PER_THREAD = 16
 _LSTM_UNITS_MIN_STEPS = 128
+_LSTM_UNITS_MIN_STEPS_BATCHED = 32
 #: Cut the batch into per-thread ranges (GRU, RNN, the LSTM unless split by units) when a call's
 #: recurrent products have at least this many multiply-adds (``T * B * G * H``) and each thread
 #: gets at least ``_MIN_ROWS_PER_THREAD`` sequences. ``None``: never. Waking the thread team costs
@@ -408,11 +411,11 @@ class _NumbaLoops:
         if _LSTM_SPLIT_UNITS_ABOVE is None or B * 4 * H * H < _LSTM_SPLIT_UNITS_ABOVE:
             return 1
         threads = self.team.team_size()
-        batch_splits = B >= _MIN_ROWS_PER_THREAD * threads
-        if H < _LSTM_UNITS_FROM_H and batch_splits:
-            return 1  # the batch split (see ``_lstm``) is faster here
-        if not batch_splits and (B < 2 or T < _LSTM_UNITS_MIN_STEPS):
-            return 1  # one thread: the split's cost per call would not pay (_LSTM_UNITS_MIN_STEPS)
+        if B >= _MIN_ROWS_PER_THREAD * threads:
+            if H < _LSTM_UNITS_FROM_H or T < _LSTM_UNITS_MIN_STEPS_BATCHED:
+                return 1  # the batch split (see ``_lstm``) is faster here
+        elif B < 2 or T < _LSTM_UNITS_MIN_STEPS:
+            return 1  # one thread: the split's cost per call would not pay
         return max(1, min(threads, H // _LSTM_MIN_UNITS_PER_THREAD))
 
     @staticmethod
