@@ -1,11 +1,13 @@
-"""Language-model benchmark: training throughput against plain PyTorch, and short learning curves.
+"""Language-model benchmark: training and sampling speed against plain PyTorch, and short learning curves.
 
 1. Throughput (tokens/s) of one training step, stateful truncated BPTT: rnnkit's ``LanguageModel``
    through the ``Trainer`` (AdamW, clipping, state carried and detached) against a plain PyTorch
    script of the same model (``torch.nn.Embedding`` -> ``torch.nn.LSTM`` -> ``torch.nn.Linear``,
    same data, same batch, same optimizer and clipping). Warm-up first; repeats alternate between
    the two so that load on the machine hits both alike; medians reported.
-2. Short runs of ``train_lm`` on Penn Treebank (word level) and Tiny Shakespeare (character
+2. Sampling speed (ms per token) of one sequence, a token per call, as ``rnnkit generate``
+   runs it, against a plain torch.nn loop.
+3. Short runs of ``train_lm`` on Penn Treebank (word level) and Tiny Shakespeare (character
    level) from ../shared/data, recording the training-loss curve and the final validation figures.
    These show learning, not converged results (full reproductions are a later job).
 
@@ -139,6 +141,56 @@ def throughput(hidden: int, batch: int, bptt: int, steps: int, repeats: int) -> 
     }
 
 
+def plain_generate(model: PlainLM, prime: list[int], length: int, temperature: float, seed: int) -> list[int]:
+    """The same sampling as ``rnnkit.generate.sample_ids`` (temperature, full vocabulary) with
+    torch.nn: the prime in one call, then one token per call, state carried."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        logits, state = model(torch.tensor(prime).unsqueeze(1))
+        for _ in range(length):
+            probs = torch.softmax(logits[-1, 0] / temperature, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=g))
+            out.append(token)
+            logits, state = model(torch.tensor([[token]]), state)
+    return out
+
+
+def generation(hidden: int, length: int, repeats: int) -> dict:
+    """Sampling speed, one sequence, one token per call (``rnnkit generate``): rnnkit's model
+    through ``sample_ids`` against the plain torch.nn loop, alternating, medians."""
+    from rnnkit.generate import SamplingConfig, sample_ids
+
+    data = load_lm_data(LMDataConfig())
+    V = len(data.vocab)
+    torch.manual_seed(0)
+    ours = LanguageModel(LanguageModelConfig(V, hidden_size=hidden))
+    theirs = PlainLM(V, hidden)
+    prime = data.train[:16].tolist()
+    config = SamplingConfig(length=length, temperature=0.8, seed=0)
+    runs = {
+        "rnnkit": lambda: list(sample_ids(ours, prime, config)),
+        "torch.nn": lambda: plain_generate(theirs, prime, length, 0.8, 0),
+    }
+    ms = {k: [] for k in runs}
+    for fn in runs.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            ms[k].append(1e3 * (time.perf_counter() - t0) / length)
+    med = {k: statistics.median(v) for k, v in ms.items()}
+    return {
+        "model": f"char LSTM 1x{hidden}, vocabulary {V}",
+        "tokens": length,
+        "repeats": repeats,
+        "ms_per_token": {k: [round(x, 3) for x in v] for k, v in ms.items()},
+        "median_ms_per_token": {k: round(v, 3) for k, v in med.items()},
+        "ratio_rnnkit_over_torch": round(med["rnnkit"] / med["torch.nn"], 3),
+    }
+
+
 def curve(name: str, options: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config = LMRunConfig.from_flat(
@@ -180,6 +232,8 @@ def main() -> None:
         hidden=64 if q else 256, batch=32, bptt=64, steps=3 if q else 10, repeats=2 if q else 5
     )
     print(json.dumps(report["throughput"]), flush=True)
+    report["generation"] = generation(hidden=64 if q else 256, length=20 if q else 300, repeats=2 if q else 9)
+    print(json.dumps(report["generation"]), flush=True)
     ptb = DATA / "ptb"
     report["curves"] = [
         curve(
@@ -265,6 +319,22 @@ def markdown(report: dict) -> str:
             "the fused engine, so this ratio overstates rnnkit's lead; rerun on an idle machine before "
             "quoting it. The seconds in the second table are inflated by the same load.",
         ]
+    gen = report.get("generation")
+    if gen:
+        lines += [
+            "",
+            "## Generation (ms per token, one sequence, one token per call, median of alternating repeats)",
+            "",
+            f"{gen['model']}; {gen['tokens']} tokens sampled at temperature 0.8 after a 16-token prime, "
+            f"x {gen['repeats']} repeats; rnnkit through `rnnkit.generate.sample_ids` (what `rnnkit "
+            "generate` runs), torch.nn in a plain loop.",
+            "",
+            "| implementation | median ms per token | all repeats |",
+            "|---|---|---|",
+        ]
+        for k, v in gen["median_ms_per_token"].items():
+            lines.append(f"| {k} | {v} | {', '.join(str(x) for x in gen['ms_per_token'][k])} |")
+        lines += ["", f"rnnkit / torch.nn = **{gen['ratio_rnnkit_over_torch']}** (time per token)"]
     lines += ["", "Training-loss curves (step, loss) are in lm.json."]
     for c in report["curves"]:
         lines += ["", f"Sample from {c['name']}:", "", "```", c["sample"], "```"]
