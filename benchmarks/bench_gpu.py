@@ -320,6 +320,16 @@ def probe_call(prob: Problem, plan):
     return prob.cudnn if plan is None else lambda: prob.engine(te.run, plan=plan)
 
 
+def call_timeline(mode: str, dname: str, B: int, T: int, I: int, H: int, plan) -> dict:
+    """:func:`timeline` of one forward + backward of a fresh problem (cuDNN for ``plan``
+    ``None``), or ``{"error": ...}`` where the profiler fails (the times stand)."""
+    prob = Problem(mode, B, T, I, H, DTYPES[dname])
+    try:
+        return timeline(probe_call(prob, plan))
+    except Exception as e:  # the profiler may be unavailable
+        return {"error": f"{type(e).__name__}: {e}"[:300]}
+
+
 def probe_timelines(probes: list[dict]) -> None:
     """Each probed call's :func:`timeline` at the longer length, into its row. Run after all
     timing: the profiler leaves CUPTI loaded, which slows later launches (pytorch#144455)."""
@@ -327,20 +337,14 @@ def probe_timelines(probes: list[dict]) -> None:
     for row in sorted(probes, key=lambda r: r["impl"] == "triton:graph"):
         if row.get("skipped") or "error" in row:
             continue
-        dtype = DTYPES[row["dtype"]]
-        plan = probe_impls(row["mode"], row["B"], row["H"], dtype)[row["impl"]]
-        prob = Problem(row["mode"], row["B"], PROBE_T[-1], row["I"], row["H"], dtype)
-        try:
-            row["timeline"] = timeline(probe_call(prob, plan))
-            line = timeline_line(row["timeline"])
-        except Exception as e:  # the profiler may be unavailable; the times stand
-            row["timeline"] = {"error": f"{type(e).__name__}: {e}"[:300]}
-            line = row["timeline"]["error"]
+        plan = probe_impls(row["mode"], row["B"], row["H"], DTYPES[row["dtype"]])[row["impl"]]
+        tl = call_timeline(row["mode"], row["dtype"], row["B"], PROBE_T[-1], row["I"], row["H"], plan)
+        row["timeline"] = tl
+        line = tl.get("error") or timeline_line(tl)
         print(
             f"# timeline: {row['mode']} {row['dtype']} B={row['B']} H={row['H']} {row['impl']}: {line}",
             flush=True,
         )
-        del prob
 
 
 def library_timelines() -> list[dict]:
@@ -352,12 +356,7 @@ def library_timelines() -> list[dict]:
         impls = probe_impls(mode, B, H, DTYPES[dname])
         for name, plan in list(impls.items())[:2]:  # cuDNN and the default, not its graph
             row = {"mode": mode, "dtype": dname, "B": B, "T": T, "I": I, "H": H, "impl": name}
-            prob = Problem(mode, B, T, I, H, DTYPES[dname])
-            try:
-                row["timeline"] = timeline(probe_call(prob, plan))
-            except Exception as e:  # the profiler may be unavailable
-                row["timeline"] = {"error": f"{type(e).__name__}: {e}"[:300]}
-            del prob
+            row["timeline"] = call_timeline(mode, dname, B, T, I, H, plan)
             rows.append(row)
             print(f"# library: {library_line(row)}", flush=True)
     return rows

@@ -203,7 +203,6 @@ def _force_split(monkeypatch, how):
     return teams
 
 
-@pytest.mark.skipif(not _team.AVAILABLE, reason="torch ships no GNU-compatible OpenMP runtime")
 def _force_transposed(monkeypatch, on: bool) -> list:
     """Make the forward kernels read ``W_hh`` transposed (``transpose_rows``) at any size, or
     never; returns the list the copies made are recorded in."""
@@ -220,6 +219,7 @@ def _force_transposed(monkeypatch, on: bool) -> list:
     return made
 
 
+@pytest.mark.skipif(not _team.AVAILABLE, reason="torch ships no GNU-compatible OpenMP runtime")
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("mode,nonlinearity,how", SPLITS)
@@ -269,7 +269,7 @@ def test_lstm_kernel_one_thread_over_several_blocks_equals_torch_layout(transpos
         tanh_c, out = torch.empty(T, B, H, dtype=torch.float64), torch.empty(T, B, H, dtype=torch.float64)
         bias = torch.randn(4 * H, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
         w_b = w_hh.index_select(0, order).contiguous()
-        bounds = [(4 * (H * k // blocks), 4 * (H * (k + 1) // blocks)) for k in range(blocks)]
+        bounds = [(4 * lo, 4 * hi) for lo, hi in fused._unit_blocks(H, blocks)]
         w_t = kernels.transpose_rows(w_b, bounds) if w_t_on else w_b.new_empty(0)
         arrays = [t.numpy() for t in (a, w_b, w_t, bias.index_select(0, order), hbuf, c_seq, tanh_c, out)]
         kernels.lstm_forward(*arrays, lengths.numpy(), 0, B, blocks, 0, 1, use_vendor)

@@ -202,6 +202,22 @@ def _blas_gemm_impl(scalars, ints, trans, tb, a, b, out):
     return impl
 
 
+@njit(cache=True)
+def _vendor_gemm(a, b, ldb, tb, out, lo, width, accumulate, scalars, ints, trans):
+    """``out[:, lo:lo + width] = a (M, K) @ b`` through the vendor BLAS, or ``+=`` if
+    ``accumulate``: ``b`` ``(K, width)`` (``tb`` 0) or its transpose ``(width, K)`` (``tb`` 1),
+    rows ``ldb`` apart. Scratch for the BLAS arguments in ``scalars``/``ints``/``trans``."""
+    ints[0] = width
+    ints[1] = a.shape[0]
+    ints[2] = a.shape[1]
+    ints[3] = max(a.shape[1], 1)  # row strides: the column-major leading dimensions
+    ints[4] = max(ldb, 1)
+    ints[5] = max(out.shape[1], 1)
+    scalars[0] = 1.0
+    scalars[1] = 1.0 if accumulate else 0.0
+    _blas_gemm(scalars, ints, trans, tb, a, b, out[:, lo : lo + width])
+
+
 # Reassociation lets LLVM vectorise the dot products of the one-sequence path of ``_gemm_nt``.
 _FASTMATH_PRODUCT = {"contract", "reassoc"}
 
@@ -228,15 +244,7 @@ def _gemm(a, b, out, lo, hi, accumulate, vendor, scalars, ints, trans):
             for n in range(width):
                 o[n] += a_k * b_k[n]
     elif vendor:
-        ints[0] = width
-        ints[1] = a.shape[0]
-        ints[2] = a.shape[1]
-        ints[3] = max(a.shape[1], 1)  # row strides: the column-major leading dimensions
-        ints[4] = max(b.shape[1], 1)
-        ints[5] = max(out.shape[1], 1)
-        scalars[0] = 1.0
-        scalars[1] = 1.0 if accumulate else 0.0
-        _blas_gemm(scalars, ints, trans, 0, a, b[:, lo:hi], out[:, lo:hi])
+        _vendor_gemm(a, b[:, lo:hi], b.shape[1], 0, out, lo, width, accumulate, scalars, ints, trans)
     elif accumulate:
         out[:, lo:hi] += np.dot(a, np.ascontiguousarray(b[:, lo:hi]))
     else:
@@ -260,16 +268,8 @@ def _gemm_nt(a, w, out, lo, hi, accumulate, vendor, scalars, ints, trans):
             for k in range(w.shape[1]):
                 acc += x[k] * w_n[k]
             o[n] = acc
-    elif vendor:
-        ints[0] = width
-        ints[1] = a.shape[0]
-        ints[2] = a.shape[1]
-        ints[3] = max(a.shape[1], 1)
-        ints[4] = max(w.shape[1], 1)  # w rows are the columns of w.T: leading dimension K
-        ints[5] = max(out.shape[1], 1)
-        scalars[0] = 1.0
-        scalars[1] = 1.0 if accumulate else 0.0
-        _blas_gemm(scalars, ints, trans, 1, a, w[lo:hi], out[:, lo:hi])
+    elif vendor:  # w rows are the columns of w.T: leading dimension K
+        _vendor_gemm(a, w[lo:hi], w.shape[1], 1, out, lo, width, accumulate, scalars, ints, trans)
     elif accumulate:
         out[:, lo:hi] += np.dot(a, np.ascontiguousarray(w[lo:hi]).T)
     else:
@@ -282,15 +282,7 @@ def _gemm_block(a, b, out, lo, vendor, scalars, ints, trans):
     ``w_t`` (:func:`transpose_rows`), read as stored."""
     width = b.shape[1]
     if vendor:
-        ints[0] = width
-        ints[1] = a.shape[0]
-        ints[2] = a.shape[1]
-        ints[3] = max(a.shape[1], 1)
-        ints[4] = max(width, 1)
-        ints[5] = max(out.shape[1], 1)
-        scalars[0] = 1.0
-        scalars[1] = 1.0
-        _blas_gemm(scalars, ints, trans, 0, a, b, out[:, lo : lo + width])
+        _vendor_gemm(a, b, width, 0, out, lo, width, True, scalars, ints, trans)
     else:
         out[:, lo : lo + width] += np.dot(a, b)
 

@@ -199,6 +199,13 @@ def _parameter_grads(
     return dx, dw_ih, dw_hh, db_ih, db_hh
 
 
+def _unit_blocks(H: int, blocks: int) -> list[tuple[int, int]]:
+    """The ``blocks`` ranges ``[lo, hi)`` the hidden units are cut into (``_block`` in
+    :mod:`._numba_kernels`); in the blocked gate layout block ``k`` holds rows ``[gates * lo,
+    gates * hi)``."""
+    return [(H * k // blocks, H * (k + 1) // blocks) for k in range(blocks)]
+
+
 def _blocked_order(H: int, gates: int, blocks: int) -> Tensor:
     """Row order of the blocked gate layout (see :mod:`._numba_kernels`): ``W[order]`` is ``W`` blocked.
 
@@ -206,8 +213,7 @@ def _blocked_order(H: int, gates: int, blocks: int) -> Tensor:
     units, gate after gate. ``blocks == 1`` is the identity.
     """
     order = []
-    for k in range(blocks):
-        lo, hi = H * k // blocks, H * (k + 1) // blocks
+    for lo, hi in _unit_blocks(H, blocks):
         for q in range(gates):
             order.extend(range(q * H + lo, q * H + hi))
     return torch.tensor(order, dtype=torch.long)
@@ -514,7 +520,7 @@ class _NumbaLoops:
         hbuf = h.new_empty(2, *h.shape)  # (2, B, H): each step reads one, writes the other
         hbuf[0] = h
         H = w_hh.shape[1]
-        bounds = [(4 * (H * k // blocks), 4 * (H * (k + 1) // blocks)) for k in range(blocks)]
+        bounds = [(4 * lo, 4 * hi) for lo, hi in _unit_blocks(H, blocks)]
         arrays = self._np(act, w_hh, self._transposed(act, w_hh, bounds), bias, hbuf, c_seq, tanh_c, out)
         B, step_macs, call_macs = self._work(act, w_hh)
         args = (*arrays, self._lengths(lengths, act))
