@@ -933,6 +933,83 @@ def test_gpu_wide_resident_plans(mode, H, dtype):
     _check(mode, B, T, 33, H, dtype, plan, lengths=lengths)
 
 
+#: a user's TF32 setting (old and new torch APIs) -> whether torch.nn's cuDNN RNNs use TF32
+TF32_SETUPS = {
+    "pass": True,
+    "torch.backends.cuda.matmul.allow_tf32 = True": True,
+    "torch.backends.cuda.matmul.allow_tf32 = False": True,
+    "torch.backends.cudnn.allow_tf32 = False": False,
+    "torch.set_float32_matmul_precision('high')": True,
+    "torch.backends.cuda.matmul.fp32_precision = 'tf32'": True,
+    "torch.backends.fp32_precision = 'tf32'": True,
+    "torch.backends.fp32_precision = 'ieee'": False,
+    "torch.backends.cudnn.fp32_precision = 'ieee'": False,
+    "torch.backends.cudnn.rnn.fp32_precision = 'ieee'": False,
+    "torch.backends.fp32_precision = 'ieee'; torch.backends.cudnn.rnn.fp32_precision = 'tf32'": True,
+}
+
+#: run in a fresh process: each setup in a forked child (the switches are process-wide, and torch
+#: remembers which API set them), the child's findings as one JSON line
+_TF32_PROBE = r"""
+import json, os, sys
+import torch
+from rnnkit.engine import triton_engine as te
+
+def observe():
+    seen = {"new": torch.backends.cuda.matmul.fp32_precision}
+    for name in ("cuda.matmul", "cudnn"):
+        try:
+            seen[name] = eval(f"torch.backends.{name}.allow_tf32")
+        except RuntimeError:  # torch: "mix of the legacy and new APIs"
+            seen[name] = "raises"
+    return seen
+
+for setup in json.loads(sys.argv[1]):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        result = {"setup": setup}
+        try:
+            exec(setup)
+            before = observe()
+            result["rnn_tf32"] = te.cudnn_rnn_tf32()
+            for enabled in (True, False):
+                with te._cublas_tf32(enabled):
+                    result[f"inside_{enabled}"] = torch.backends.cuda.matmul.fp32_precision
+            result["after"], result["before"] = observe(), before
+        except BaseException as e:
+            result["error"] = repr(e)
+        finally:
+            os.write(w, (json.dumps(result) + "\n").encode())
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        sys.stdout.write(f.read())
+    os.wait()
+"""
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "rnn") or not hasattr(os, "fork"), reason="torch < 2.9")
+def test_tf32_switches_read_and_restored_under_both_torch_apis():
+    # torch >= 2.9 raises on reading allow_tf32 once a user set the new fp32_precision switches
+    # (as its docs advise): the engine must read and set the new ones, and leave both as they were
+    import json
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-c", _TF32_PROBE, json.dumps(list(TF32_SETUPS))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["setup"] for r in results] == list(TF32_SETUPS)
+    for r in results:
+        assert "error" not in r, r
+        assert r["rnn_tf32"] == TF32_SETUPS[r["setup"]], r
+        assert (r["inside_True"], r["inside_False"]) == ("tf32", "ieee"), r
+        assert r["after"] == r["before"], r
+    # the case that used to raise: the new API set, the old switch unreadable
+    assert results[5]["before"]["cuda.matmul"] == "raises"
+
+
 @needs_cuda
 @pytest.mark.parametrize("cudnn_tf32", [False, True])
 def test_gpu_library_products_follow_cudnn_tf32_and_restore_the_flag(cudnn_tf32):

@@ -470,27 +470,56 @@ def supports(mode: str, x: Tensor, weights: LayerWeights) -> bool:
     return (T + 1) * B * 4 * H <= _INT32_MAX and x.numel() <= _INT32_MAX
 
 
+def cudnn_rnn_tf32() -> bool:
+    """Whether torch.nn's cuDNN RNNs would take float32 products as TF32 now.
+
+    torch >= 2.9 reads ``torch.backends.cudnn.rnn.fp32_precision`` (``"none"`` defers to
+    ``torch.backends.cudnn.fp32_precision``, then to ``torch.backends.fp32_precision``); older
+    torch, ``torch.backends.cudnn.allow_tf32``. Where the new switches exist they are the ones
+    read: torch raises on reading the old ones once a user has set the new ones, as its
+    documentation now advises."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is None:
+        return bool(torch.backends.cudnn.allow_tf32)
+    for precision in (rnn.fp32_precision, torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision):
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
 def _precision(dtype: torch.dtype) -> str:
     # fp32 follows the switch that governs torch.nn's cuDNN RNNs (on by default), so the drop-in
     # rounds like the layer it replaces; "ieee" fp32 dots also fall off the tensor cores
-    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not INTERPRETED:
+    if dtype == torch.float32 and not INTERPRETED and cudnn_rnn_tf32():
         return "tf32"
     return "ieee"
 
 
 @contextlib.contextmanager
-def _matmul_precision(dtype: torch.dtype):
-    """Library fp32 matrix products (projections, weight gradients, the ``gemm`` path's steps)
-    round like the kernels' and like cuDNN's RNNs: TF32 exactly when ``cudnn.allow_tf32``."""
-    if dtype != torch.float32 or INTERPRETED:
-        yield
-        return
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = _precision(dtype) == "tf32"
+def _cublas_tf32(enabled: bool):
+    """cuBLAS's float32 products as TF32 (``enabled``) or full fp32 inside, the switch as it was
+    after: ``torch.backends.cuda.matmul.fp32_precision`` where torch has it (>= 2.9; setting and
+    restoring it leaves the old ``allow_tf32`` reading as before), else ``allow_tf32``."""
+    matmul = torch.backends.cuda.matmul
+    new_api = hasattr(matmul, "fp32_precision")
+    name, value = ("fp32_precision", "tf32" if enabled else "ieee") if new_api else ("allow_tf32", enabled)
+    before = getattr(matmul, name)
+    setattr(matmul, name, value)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        setattr(matmul, name, before)
+
+
+@contextlib.contextmanager
+def _matmul_precision(dtype: torch.dtype):
+    """Library fp32 matrix products (projections, weight gradients, the ``gemm`` path's steps)
+    round like the kernels' and like cuDNN's RNNs: TF32 exactly when :func:`cudnn_rnn_tf32`."""
+    if dtype != torch.float32 or INTERPRETED:
+        yield
+        return
+    with _cublas_tf32(_precision(dtype) == "tf32"):
+        yield
 
 
 def _gate_width(mode: str) -> int:
@@ -645,7 +674,7 @@ def _replayable(plan: Plan, launches, device: torch.device, given: tuple, owned:
         launches()
         return
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
-    key = (plan, torch.backends.cudnn.allow_tf32, device, stream, call_key(given, owned))
+    key = (plan, cudnn_rnn_tf32(), device, stream, call_key(given, owned))
     GRAPHS.run(key, launches, device, family=plan.path)
 
 
@@ -1021,8 +1050,9 @@ def run(
     :func:`plan_for` (tests and benchmarks use it to pick a path); without it, when
     ``torch.backends.cudnn.benchmark`` is set, the plan :func:`tune` measures fastest for calls
     of this kind (timed once, on the first). Products accumulate in fp32;
-    float32 inputs use TF32 products when ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's
-    default, which torch.nn's cuDNN RNNs follow too).
+    float32 inputs use TF32 products exactly where torch.nn's cuDNN RNNs would
+    (:func:`cudnn_rnn_tf32`: ``torch.backends.cudnn.rnn.fp32_precision``, or
+    ``torch.backends.cudnn.allow_tf32`` before torch 2.9; TF32 by default).
     """
     if not supports(mode, x, weights):
         raise ValueError(
