@@ -470,18 +470,26 @@ def supports(mode: str, x: Tensor, weights: LayerWeights) -> bool:
     return (T + 1) * B * 4 * H <= _INT32_MAX and x.numel() <= _INT32_MAX
 
 
+#: torch >= 2.9's fp32 precision switches by ``(backend, op)``, read and set as its
+#: ``torch.backends`` properties do (``cudnn.rnn``: ``("cuda", "rnn")``, ``cudnn``: ``("cuda", "all")``,
+#: the global one ``("generic", "all")``, ``cuda.matmul``: ``("cuda", "matmul")``), without their
+#: Python layers (4.6 against 0.5 us a read on the CPU VM, several times a call); None before 2.9
+_FP32_GET = getattr(torch._C, "_get_fp32_precision_getter", None)
+_FP32_SET = getattr(torch._C, "_set_fp32_precision_setter", None)
+
+
 def cudnn_rnn_tf32() -> bool:
     """Whether torch.nn's cuDNN RNNs would take float32 products as TF32 now.
 
     torch >= 2.9 reads ``torch.backends.cudnn.rnn.fp32_precision`` (``"none"`` defers to
-    ``torch.backends.cudnn.fp32_precision``, then to ``torch.backends.fp32_precision``); older
-    torch, ``torch.backends.cudnn.allow_tf32``. Where the new switches exist they are the ones
-    read: torch raises on reading the old ones once a user has set the new ones, as its
-    documentation now advises."""
-    rnn = getattr(torch.backends.cudnn, "rnn", None)
-    if rnn is None:
+    ``torch.backends.cudnn.fp32_precision``, then to ``torch.backends.fp32_precision``, as torch
+    resolves it); older torch, ``torch.backends.cudnn.allow_tf32``. Where the new switches exist
+    they are the ones read: torch raises on reading the old ones once a user has set the new ones,
+    as its documentation now advises."""
+    if _FP32_GET is None:
         return bool(torch.backends.cudnn.allow_tf32)
-    for precision in (rnn.fp32_precision, torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision):
+    for backend, op in (("cuda", "rnn"), ("cuda", "all"), ("generic", "all")):
+        precision = _FP32_GET(backend, op)
         if precision != "none":
             return precision == "tf32"
     return False
@@ -498,28 +506,31 @@ def _precision(dtype: torch.dtype) -> str:
 @contextlib.contextmanager
 def _cublas_tf32(enabled: bool):
     """cuBLAS's float32 products as TF32 (``enabled``) or full fp32 inside, the switch as it was
-    after: ``torch.backends.cuda.matmul.fp32_precision`` where torch has it (>= 2.9; setting and
-    restoring it leaves the old ``allow_tf32`` reading as before), else ``allow_tf32``."""
-    matmul = torch.backends.cuda.matmul
-    new_api = hasattr(matmul, "fp32_precision")
-    name, value = ("fp32_precision", "tf32" if enabled else "ieee") if new_api else ("allow_tf32", enabled)
-    before = getattr(matmul, name)
-    setattr(matmul, name, value)
+    after: ``torch.backends.cuda.matmul.fp32_precision`` where torch has it (>= 2.9, where cuBLAS
+    reads it; setting and restoring it leaves the old ``allow_tf32`` reading as before), else
+    ``allow_tf32``."""
+    if _FP32_GET is None:
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+        return
+    before = _FP32_GET("cuda", "matmul")
+    _FP32_SET("cuda", "matmul", "tf32" if enabled else "ieee")
     try:
         yield
     finally:
-        setattr(matmul, name, before)
+        _FP32_SET("cuda", "matmul", before)
 
 
-@contextlib.contextmanager
-def _matmul_precision(dtype: torch.dtype):
+def _matmul_precision(dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Library fp32 matrix products (projections, weight gradients, the ``gemm`` path's steps)
     round like the kernels' and like cuDNN's RNNs: TF32 exactly when :func:`cudnn_rnn_tf32`."""
     if dtype != torch.float32 or INTERPRETED:
-        yield
-        return
-    with _cublas_tf32(_precision(dtype) == "tf32"):
-        yield
+        return contextlib.nullcontext()
+    return _cublas_tf32(_precision(dtype) == "tf32")
 
 
 def _gate_width(mode: str) -> int:
