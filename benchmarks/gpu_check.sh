@@ -4,7 +4,8 @@
 #     bash benchmarks/gpu_check.sh [bench_gpu.py options]
 #
 # 1. the split path's GPU tests first (its cross-program step barrier only runs compiled), so a
-#    broken barrier shows in seconds;
+#    broken barrier shows in seconds, and the fp32 precision switches read and restored under
+#    this machine's torch (every fp32 call reads them);
 # 2. where the peak memory goes (benchmarks/gpu_memory.py, about 30 s);
 # 3. the benchmark (it compiles every kernel variant up front in parallel processes, checks each
 #    Triton path against cuDNN, then times cuDNN, the fused engine and the Triton paths);
@@ -23,7 +24,7 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 pytest_gpu() {
     python -m pytest tests/test_triton.py tests/test_native.py tests/test_tasks_cli.py -q -p no:cacheprovider -k "$1"
 }
-timeout "${SPLIT_S:-150}" bash -c "$(declare -f pytest_gpu); pytest_gpu 'gpu and split'" 2>&1 | tee "$OUT/split_tests.log"
+timeout "${SPLIT_S:-150}" bash -c "$(declare -f pytest_gpu); pytest_gpu '(gpu and split) or tf32_switches'" 2>&1 | tee "$OUT/split_tests.log"
 split_rc=$?
 
 timeout "${MEM_S:-90}" python benchmarks/gpu_memory.py 2>&1 | tee "$OUT/memory.log"
