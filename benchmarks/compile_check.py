@@ -38,6 +38,11 @@ from bench_gpu import DTYPES, ISSUE_GRID, LAYERS_GRID  # noqa: E402
 from rnnkit.engine import triton_engine as te  # noqa: E402
 from rnnkit.engine import triton_kernels as K  # noqa: E402
 
+try:  # Triton 3.2 describes a call's specialisation with a class; 3.3 on with a dict
+    from triton.backends.compiler import AttrsDescriptor as _ATTRS_DESCRIPTOR
+except ImportError:
+    _ATTRS_DESCRIPTOR = None
+
 NVIDIA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"  # Triton's ptxas, nvdisasm
 H100_SMEM = 232448  # bytes of shared memory one block may use on sm_90
 FP32_BUFFERS = {"hbuf_ptr", "cbuf_ptr", "hn_ptr", "cn_ptr", "direct_ptr", "dc_ptr", "dh0_ptr", "dc0_ptr"}
@@ -244,7 +249,11 @@ def compile_kernel(fn, dtype: str, constexprs: dict, plan, H: int):
     ``plan``'s warps and stages (``dtype`` as :func:`signature` takes it)."""
     cx = _with_defaults(fn, constexprs)
     sig = signature(fn, dtype, cx)
-    src = ASTSource(fn, sig, cx, specialised(fn, sig, H))
+    attrs = specialised(fn, sig, H)
+    if _ATTRS_DESCRIPTOR is not None:  # Triton 3.2: no constexprs in the signature; hints by index
+        sig = {k: v for k, v in sig.items() if v != "constexpr"}
+        attrs = _ATTRS_DESCRIPTOR.from_hints({i: 16 for (i,) in attrs})
+    src = ASTSource(fn, sig, cx, attrs)
     options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 

@@ -8,7 +8,6 @@ which must not leak into other tests).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-# not imported here: Triton must first be imported with TRITON_INTERPRET=1 in this process, or
-# its own jitted helpers cannot run inside tests/test_triton.py's interpreted kernels
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+from rnnkit.engine import triton_engine  # after conftest.py has set TRITON_INTERPRET=1 on the CPU
+
+pytestmark = pytest.mark.skipif(not triton_engine.AVAILABLE, reason=triton_engine.MISSING)
 
 ROOT = Path(__file__).resolve().parents[1]
 

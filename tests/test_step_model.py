@@ -3,7 +3,6 @@ hand-written pieces of machine code, and its fit to measured times on one compil
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from rnnkit.engine import triton_engine  # after conftest.py has set TRITON_INTERPRET=1 on the CPU
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -95,7 +96,7 @@ def test_leave_one_out_errors_predict_each_point_from_the_others():
     assert errors == pytest.approx([1.5, 0.0, 0.5])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+@pytest.mark.skipif(not triton_engine.AVAILABLE, reason=triton_engine.MISSING)
 def test_calibration_recovers_a_known_fit_and_predicts_a_variant(tmp_path):
     # the model of one compiled kernel pair, made into measured times that fit it exactly:
     # 0.5 ns per model cycle, 800 µs per call and 20 µs per GFLOP of library products (the

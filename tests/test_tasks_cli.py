@@ -599,6 +599,7 @@ def test_task_commands_refuse_an_engine_or_device_that_cannot_run_before_writing
         "--device cuda",
     )
     monkeypatch.setattr(triton_engine, "AVAILABLE", False)
+    monkeypatch.setattr(triton_engine, "MISSING", triton_engine.NOT_INSTALLED)
     fails([*argv, "--engine", "triton", "--out", tmp_path / "c"], capsys, "needs Triton", "rnnkit[gpu]")
     if not torch.cuda.is_available():
         fails([*argv, "--device", "cuda", "--out", tmp_path / "d"], capsys, "CUDA is not available")

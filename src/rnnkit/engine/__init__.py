@@ -122,9 +122,7 @@ def check(engine: str, device: torch.device | str) -> None:
     from . import triton_engine
 
     if not triton_engine.AVAILABLE:
-        raise RnnkitError(
-            "--engine triton needs Triton: pip install 'rnnkit[gpu]' (with a CUDA build of torch)"
-        )
+        raise RnnkitError(f"--engine triton needs Triton and a CUDA build of torch: {triton_engine.MISSING}")
     if torch.device(device).type != "cuda" and not triton_engine.INTERPRETED:
         raise RnnkitError(
             f"--engine triton runs on CUDA only, and the device here is {torch.device(device).type}; "
@@ -192,7 +190,7 @@ def run(
             raise RnnkitError(
                 f"engine='triton' needs Triton and CUDA tensors of float32/bfloat16/float16 "
                 f"(or TRITON_INTERPRET=1 on the CPU); got {x.dtype} on {x.device}"
-                + ("" if triton_engine.AVAILABLE else "; Triton is not installed (pip install rnnkit[gpu])")
+                + ("" if triton_engine.AVAILABLE else f"; {triton_engine.MISSING}")
             )
         return triton_engine.run(mode, x, state, weights, lengths, nonlinearity)
     return reference.run(mode, x, state, weights, lengths, nonlinearity)

@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import re
 import statistics
 import time
 import warnings
@@ -47,7 +48,34 @@ from torch.autograd.function import once_differentiable
 from ._graphs import CallGraphs, call_key
 from .common import LayerWeights, State
 
+NOT_INSTALLED = "Triton is not installed (pip install 'rnnkit[gpu]')"
+#: The oldest Triton the kernels were checked with: the interpreter's tests, and every kernel
+#: variant compiled for sm_90a (``benchmarks/compile_check.py``). torch 2.6 pins it. torch 2.4 and
+#: 2.5 pin 3.0 and 3.1, which go unchecked: their interpreter cannot run the kernels (it takes
+#: ``tl.arange(0, BLOCK)``'s literal 0 for a run-time value), so no test could cover them.
+MIN_TRITON = (3, 2)
+
+
+def triton_too_old(version: str) -> bool:
+    """Whether Triton ``version`` (``"3.1.0"``, ``"3.6.0+git1a2b"``) is older than
+    :data:`MIN_TRITON`."""
+    parts = re.findall(r"\d+", version)[:2]
+    return tuple(int(p) for p in parts) < MIN_TRITON
+
+
+class _TritonTooOld(ImportError):
+    """Triton is importable but older than :data:`MIN_TRITON`."""
+
+
 try:
+    import triton
+
+    if triton_too_old(triton.__version__):
+        raise _TritonTooOld(
+            f"Triton {triton.__version__} is installed and rnnkit's kernels need Triton >= "
+            f"{'.'.join(map(str, MIN_TRITON))} (torch 2.6 or newer brings one; or pip install "
+            f"'triton>={'.'.join(map(str, MIN_TRITON))}')"
+        )
     from triton.runtime.interpreter import InterpretedFunction
 
     from . import triton_kernels as K
@@ -55,13 +83,18 @@ try:
     #: Triton was imported with ``TRITON_INTERPRET=1``: kernels run in numpy on CPU tensors.
     INTERPRETED = isinstance(K.fwd_resident_kernel, InterpretedFunction)
     AVAILABLE = True
-except ImportError:  # pragma: no cover - triton is an optional extra
+    #: why the kernels cannot run here ("" where they can): Triton missing, or too old
+    MISSING = ""
+except ImportError as e:  # pragma: no cover - triton is an optional extra
     AVAILABLE = False
     INTERPRETED = False
+    MISSING = str(e) if isinstance(e, _TritonTooOld) else NOT_INSTALLED
 
 __all__ = [
     "AVAILABLE",
     "INTERPRETED",
+    "MIN_TRITON",
+    "MISSING",
     "PATHS",
     "TUNED",
     "Plan",
@@ -1069,8 +1102,7 @@ def run(
         raise ValueError(
             f"triton engine: expected mode in {tuple(MODE_CODE)} and a 3-d float32/bfloat16/float16 "
             f"{'CPU (interpreter)' if INTERPRETED else 'CUDA'} input with matching weights, got mode "
-            f"{mode!r}, {x.dtype} {tuple(x.shape)} on {x.device}"
-            + ("" if AVAILABLE else " (triton is not installed)")
+            f"{mode!r}, {x.dtype} {tuple(x.shape)} on {x.device}" + ("" if AVAILABLE else f" ({MISSING})")
         )
     T, B, _ = x.shape
     H = weights.weight_hh.shape[1]
