@@ -732,7 +732,7 @@ def main() -> int:
     _print_table(payload["rows"])
     for line in variant_summary(payload["rows"]):
         print(line)
-    for line in model_lines(payload["rows"]):
+    for line in model_lines(payload["rows"], payload["machine"].get("triton")):
         print(f"# model: {line}")
     print(f"\nwrote {args.out} ({payload['elapsed_s']} s; {len(skipped)} point-passes skipped for time)")
     return 0
@@ -846,10 +846,17 @@ def model_check(rows: list[dict], predicted: list[dict]) -> list[str]:
     return lines
 
 
-def model_lines(rows: list[dict]) -> list[str]:
+def model_lines(rows: list[dict], triton_version: str | None = None) -> list[str]:
     """:func:`model_check` against the predictions in the repository (:data:`PREDICTED`), or
-    nothing without them."""
-    return model_check(rows, json.loads(PREDICTED.read_text())["predicted"]) if PREDICTED.exists() else []
+    nothing without them; first, which Triton's machine code they were modelled on against this
+    run's (3.6 and 3.9 compile the k-sliced kernels to twice the cycles apart)."""
+    if not PREDICTED.exists():
+        return []
+    shipped = json.loads(PREDICTED.read_text())
+    lines = model_check(rows, shipped["predicted"])
+    if lines and "compiled_with" in shipped:
+        lines.insert(0, f"modelled on {shipped['compiled_with']}'s code; this run's Triton: {triton_version}")
+    return lines
 
 
 def variant_summary(rows: list[dict]) -> list[str]:
@@ -949,7 +956,7 @@ def to_markdown(payload: dict) -> str:
     summary = variant_summary(payload["rows"])
     if summary:
         lines += ["", "Variants against the default:", ""] + [f"- {line}" for line in summary]
-    checked = model_lines(payload["rows"])
+    checked = model_lines(payload["rows"], payload.get("machine", {}).get("triton"))
     if checked:
         lines += ["", "The step model's predictions (`benchmarks/step_model.py`) against this run:", ""]
         lines += [f"- {line}" for line in checked]

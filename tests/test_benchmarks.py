@@ -139,6 +139,20 @@ def test_model_check_compares_predicted_and_measured_times_per_variant(monkeypat
     shipped = json.loads(PREDICTED.read_text())["predicted"]
     first = shipped[0]["variants"]
     assert {"default", "splitk"} <= set(first) and first["default"]["us"] > 0
+    # modelled on the lent machine's Triton, and the run's report says so beside its own
+    from bench_gpu import model_lines
+
+    assert json.loads(PREDICTED.read_text())["compiled_with"] == "Triton 3.6.0"
+    point = ("mode", "dtype", "B", "T", "H")
+    shipped_rows = [{**{k: p[k] for k in point}, "impls": [default_impl(p)]} for p in shipped[:3]]
+    lines = model_lines(shipped_rows, "3.6.0")
+    assert lines[0] == "modelled on Triton 3.6.0's code; this run's Triton: 3.6.0"
+    assert lines[1].startswith("default: predicted within 0% (median over 3 points)")
+
+
+def default_impl(predicted: dict) -> dict:
+    """A measured default that took exactly the predicted time."""
+    return {"impl": "triton:split", "us_per_step": predicted["variants"]["default"]["us"], "default": True}
 
 
 def test_compile_check_compiles_offline_as_the_launcher_specialises(tmp_path):
