@@ -414,7 +414,9 @@ def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
 #: captures its graphs, the timed calls replay them; ``splitk``/``w16k``: the split plan, and w16's where it
 #: splits, with each step's recurrent products in reduction slices so that no warp repeats another's,
 #: ``Plan.k_slices``, ``k_sliced``; ``resident_wide``: the resident path on one warp per 8 hidden columns
-#: (H = 64: 8 warps, 128: 16), half the instructions per thread a step, ``wide_resident``).
+#: (H = 64: 8 warps, 128: 16), half the instructions per thread a step, ``wide_resident``; ``bw4``/``w16bw4``:
+#: the default, and w16, with a split backward on 4 warps instead of 8, ``Plan.bwd_warps``,
+#: ``narrow_backward``).
 ALL_EXTRA_PATHS = (
     "resident",
     "resident2",
@@ -434,6 +436,8 @@ ALL_EXTRA_PATHS = (
     "splitk",
     "w16k",
     "resident_wide",
+    "bw4",
+    "w16bw4",
 )
 
 
@@ -444,6 +448,9 @@ def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
         return te.w16_plan(mode, B, H) if dtype == torch.float32 else None
     if name == "resident_wide":
         return te.wide_resident(mode, B, H, dtype)
+    if name in ("bw4", "w16bw4"):
+        plan = _variant_plan("w16", mode, B, H, dtype) if name == "w16bw4" else te.plan_for(mode, B, H, dtype)
+        return None if plan is None else te.narrow_backward(plan, mode, B, H, dtype)
     if name in ("splitk", "w16k"):
         if name == "w16k":
             plan = _variant_plan("w16", mode, B, H, dtype)

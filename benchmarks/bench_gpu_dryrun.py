@@ -68,7 +68,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="where the JSON goes (the .md beside it)")
     ap.add_argument(
         "--extra-paths",
-        default="w16,graph,gemm_graph,splitk,w16k,resident_wide",
+        default="w16,graph,gemm_graph,splitk,w16k,resident_wide,bw4,w16bw4",
         help="bench_gpu's variants to run (default: those the next GPU call times; 'all': every one)",
     )
     args = ap.parse_args()

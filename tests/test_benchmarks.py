@@ -8,6 +8,7 @@ which must not leak into other tests).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -96,6 +97,13 @@ def test_k_sliced_and_wide_variants_apply_where_they_should(monkeypatch):
     # and the resident path on one warp per 8 columns
     assert _variant_plan("resident_wide", "lstm", 8, 64, f32) == te.wide_resident("lstm", 8, 64, f32)
     assert _variant_plan("resident_wide", "gru", 8, 32, f32) is None  # the default already
+    # and the split backward on 4 warps, of the default and of w16 (whose backward is the default's)
+    bw4 = _variant_plan("bw4", "lstm", 16, 256, f32)
+    assert bw4 == dataclasses.replace(te.plan_for("lstm", 16, 256, f32), bwd_warps=4)
+    assert _variant_plan("bw4", "lstm", 64, 512, f32) is None  # 16-column slices
+    w16bw4 = _variant_plan("w16bw4", "lstm", 16, 256, f32)
+    assert w16bw4 == dataclasses.replace(te.w16_plan("lstm", 16, 256), bwd_warps=4)
+    assert _variant_plan("w16bw4", "lstm", 16, 256, bf16) is None
 
 
 def test_kernel_summary_counts_busy_time_once_and_finds_the_longest_gap(monkeypatch):

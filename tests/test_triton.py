@@ -248,6 +248,31 @@ def test_k_sliced_split_plans_match_reference(mode, H, k, packed, dtype):
     _check(mode, 3, 7, 5, H, dtype, plan, lengths=LENGTHS)
 
 
+@pytest.mark.parametrize("mode, dtype", [("lstm", torch.float32), ("gru", torch.bfloat16)])
+def test_narrow_backward_plans_match_reference(mode, dtype):
+    # Plan.bwd_warps: the backward launched on its own warp count (the interpreter runs every
+    # count alike; this checks the plan reaches the backward's launch and changes nothing else).
+    # H = 40 pads to 64: two 32-column programs, the last ragged; w16's backward is the default's
+    plan = te.narrow_backward(te.Plan("split", 16, 32, 16, num_warps=8), mode, 3, 40, dtype)
+    assert plan.bwd_warps == 4 and plan.num_warps == 8
+    back = te.backward_plan(plan, mode, 3, 40, dtype)
+    assert back == dataclasses.replace(plan, num_warps=4)
+    _check(mode, 3, 7, 5, 40, dtype, plan, lengths=LENGTHS)
+
+
+def test_narrow_backward_only_where_its_slices_are_wide_enough():
+    f32 = torch.float32
+    assert te.narrow_backward(te.Plan("split", 16, 16, 16, num_warps=8), "lstm", 3, 40, f32) is None
+    assert te.narrow_backward(te.Plan("split", 16, 32, 16, num_warps=4), "lstm", 3, 40, f32) is None
+    assert te.narrow_backward(te.Plan("resident", 16, 64, 16, num_warps=8), "lstm", 3, 40, f32) is None
+    w16 = te.w16_plan("lstm", 16, 256)
+    narrow = te.narrow_backward(w16, "lstm", 16, 256, f32)
+    back = te.backward_plan(narrow, "lstm", 16, 256, f32)
+    assert narrow.half_w and not back.half_w and back.num_warps == 4 and back.block_h == 32
+    with pytest.raises(ValueError, match="bwd_warps"):
+        te.Plan("split", bwd_warps=3)
+
+
 @pytest.mark.parametrize("mode, k", [("lstm", 1), ("lstm", 2), ("gru", 1), ("gru", 2)])
 def test_split_backward_gate_by_gate_where_operands_do_not_fit(monkeypatch, mode, k):
     # The split backward reads all gates' gradients first and multiplies each gate apart where

@@ -103,6 +103,7 @@ __all__ = [
     "w16_plan",
     "graph_plan",
     "backward_plan",
+    "narrow_backward",
     "GRAPHS",
     "run",
     "supports",
@@ -176,7 +177,8 @@ class Plan:
     and step), LSTM fp32 ``H`` = 512: forward 1248 instructions instead of 2600 (64 mma instead
     of 512, no spill instead of 16 bytes), backward 1608 instead of 3256 (64 mma instead of 512,
     116 bytes spilled instead of 132); GRU fp32 ``H`` = 512's forward spills nothing instead of 544
-    bytes. Not timed on a GPU yet, so not a default. Block sizes are powers of two >= 16
+    bytes. Not timed on a GPU yet, so not a default. ``bwd_warps``: the backward's warps per
+    program (0: ``num_warps``; :func:`narrow_backward`). Block sizes are powers of two >= 16
     (``tl.dot``'s minimum).
     """
 
@@ -190,6 +192,7 @@ class Plan:
     half_w: bool = False
     graph: bool = False
     k_slices: int = 1
+    bwd_warps: int = 0
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -206,6 +209,8 @@ class Plan:
             raise ValueError(f"Plan: k_slices needs the split path, got {self.path!r}")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"Plan: num_warps must be a power of two <= 16, got {self.num_warps}")
+        if self.bwd_warps not in (0, 1, 2, 4, 8, 16):
+            raise ValueError(f"Plan: bwd_warps must be 0 or a power of two <= 16, got {self.bwd_warps}")
         if not 1 <= self.num_stages <= 4:
             raise ValueError(f"Plan: num_stages must be in [1, 4], got {self.num_stages}")
 
@@ -309,10 +314,25 @@ def backward_plan(plan: Plan, mode: str, batch: int, hidden_size: int, dtype: to
     """The plan a call's backward runs: ``plan``, except for a ``half_w`` forward, whose backward
     reads ``W_hh`` in float32 (TF32 products) on the default's slices, sliced where the forward
     was."""
-    if not plan.half_w:
-        return plan
-    out = dataclasses.replace(plan_for(mode, batch, hidden_size, dtype), graph=plan.graph)
-    return k_sliced(out, hidden_size) if plan.k_slices > 1 and out.path == "split" else out
+    out = plan
+    if plan.half_w:
+        out = dataclasses.replace(plan_for(mode, batch, hidden_size, dtype), graph=plan.graph)
+        out = k_sliced(out, hidden_size) if plan.k_slices > 1 and out.path == "split" else out
+    return dataclasses.replace(out, num_warps=plan.bwd_warps) if plan.bwd_warps else out
+
+
+def narrow_backward(plan: Plan, mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan | None:
+    """``plan`` with its backward on 4 warps a program instead of 8, where that backward is a
+    ``split`` one on slices of 32 or more columns; else ``None``. A slice's gate-gradient product
+    is ``(16, block_h)`` per gate, four mma tiles wide at 32 columns: on 4 warps no warp repeats
+    another's. Compiled for sm_90a with the lent H100's Triton (3.6), modelled cycles a step of the
+    backward: LSTM fp32 ``H`` = 256 5122 against 8880, GRU fp32 ``H`` = 256 4374 against 5456,
+    LSTM bf16 ``H`` = 512 4859 against 7331; on 3.9 4-20 % fewer. Worse where the slices are 16
+    columns (fp32 ``H`` = 512). Not timed on a GPU yet, so not a default."""
+    back = backward_plan(plan, mode, batch, hidden_size, dtype)
+    if back.path != "split" or back.block_h < 32 or back.num_warps <= 4:
+        return None
+    return dataclasses.replace(plan, bwd_warps=4)
 
 
 def wide_resident(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan | None:
@@ -345,7 +365,8 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
     :func:`wide_resident`), ``split`` with 16- and 32-column
     slices and, for ``B`` >= 64, 64-row batch tiles (wgmma-sized products) where they fit,
     ``persistent`` with 16/32- and 64-row tiles, the packed gate I/O of LSTM and GRU, each
-    ``split`` plan with its products in reduction slices (:func:`k_sliced`), the default
+    ``split`` plan with its products in reduction slices (:func:`k_sliced`) and with its backward
+    on 4 warps (:func:`narrow_backward`), the default
     replayed as a CUDA graph (``Plan.graph``), and where ``persistent`` is the default the ``gemm``
     path replayed so (:func:`graph_plan`). Not ``gemm`` launched step by step, or ``stepwise``:
     launch-bound, slower at every size measured."""
@@ -370,6 +391,7 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
             dataclasses.replace(p, packed_io=True) for p in plans if p and p.path in ("resident", "split")
         ]
     plans += [k_sliced(p, hidden_size) for p in plans if p and p.path == "split"]
+    plans += [narrow_backward(p, mode, batch, hidden_size, dtype) for p in plans if p and p.path == "split"]
     plans.append(dataclasses.replace(plans[0], graph=True))  # without the host's per-call work
     if plans[0].path == "persistent":  # steps that are real matrix products: cuBLAS, graphed
         plans.append(graph_plan(mode, batch, hidden_size, dtype))
