@@ -48,6 +48,7 @@ from torch.autograd.function import once_differentiable
 from ._graphs import CallGraphs, call_key
 from .common import LayerWeights, State
 
+#: :data:`MISSING` where Triton cannot be imported at all
 NOT_INSTALLED = "Triton is not installed (pip install 'rnnkit[gpu]')"
 #: The oldest Triton the kernels were checked with: the interpreter's tests, and every kernel
 #: variant compiled for sm_90a (``benchmarks/compile_check.py``). torch 2.6 pins it. torch 2.4 and
@@ -71,10 +72,10 @@ try:
     import triton
 
     if triton_too_old(triton.__version__):
+        _need = ".".join(map(str, MIN_TRITON))
         raise _TritonTooOld(
-            f"Triton {triton.__version__} is installed and rnnkit's kernels need Triton >= "
-            f"{'.'.join(map(str, MIN_TRITON))} (torch 2.6 or newer brings one; or pip install "
-            f"'triton>={'.'.join(map(str, MIN_TRITON))}')"
+            f"Triton {triton.__version__} is installed and rnnkit's kernels need Triton >= {_need} "
+            f"(torch 2.6 or newer brings one; or pip install 'triton>={_need}')"
         )
     from triton.runtime.interpreter import InterpretedFunction
 
@@ -313,7 +314,7 @@ def k_sliced(plan: Plan, hidden_size: int) -> Plan:
 def backward_plan(plan: Plan, mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan:
     """The plan a call's backward runs: ``plan``, except for a ``half_w`` forward, whose backward
     reads ``W_hh`` in float32 (TF32 products) on the default's slices, sliced where the forward
-    was."""
+    was; on ``plan.bwd_warps`` warps where that is set."""
     out = plan
     if plan.half_w:
         out = dataclasses.replace(plan_for(mode, batch, hidden_size, dtype), graph=plan.graph)
