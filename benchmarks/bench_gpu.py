@@ -416,7 +416,9 @@ def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
 #: ``Plan.k_slices``, ``k_sliced``; ``resident_wide``: the resident path on one warp per 8 hidden columns
 #: (H = 64: 8 warps, 128: 16), half the instructions per thread a step, ``wide_resident``; ``bw4``/``w16bw4``:
 #: the default, and w16, with a split backward on 4 warps instead of 8, ``Plan.bwd_warps``,
-#: ``narrow_backward``).
+#: ``narrow_backward``; ``side``/``sidebw4``/``sidek``: the split plan (as ``splitk``'s), with that
+#: backward, and ``splitk``'s plan (the backward sliced), with the forward's gate products as one 2-d
+#: product in two halves of the reduction, ``Plan.side_gates``, ``side_by_side``).
 ALL_EXTRA_PATHS = (
     "resident",
     "resident2",
@@ -438,6 +440,9 @@ ALL_EXTRA_PATHS = (
     "resident_wide",
     "bw4",
     "w16bw4",
+    "side",
+    "sidebw4",
+    "sidek",
 )
 
 
@@ -451,13 +456,17 @@ def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
     if name in ("bw4", "w16bw4"):
         plan = _variant_plan("w16", mode, B, H, dtype) if name == "w16bw4" else te.plan_for(mode, B, H, dtype)
         return None if plan is None else te.narrow_backward(plan, mode, B, H, dtype)
+    if name in ("side", "sidebw4", "sidek"):
+        plan = _variant_plan("splitk" if name == "sidek" else "split_default", mode, B, H, dtype)
+        plan = te.side_by_side(plan, mode)
+        if name == "sidebw4" and plan is not None:
+            return te.narrow_backward(plan, mode, B, H, dtype)
+        return plan
+    if name == "split_default":  # the split plan where one fits (splitk's and side's), else None
+        split = te.split_plan(mode, B, H, dtype) is not None
+        return te.plan_for(mode, B, H, dtype, "split") if split else None
     if name in ("splitk", "w16k"):
-        if name == "w16k":
-            plan = _variant_plan("w16", mode, B, H, dtype)
-        elif te.split_plan(mode, B, H, dtype) is not None:
-            plan = te.plan_for(mode, B, H, dtype, "split")
-        else:
-            plan = None
+        plan = _variant_plan("w16" if name == "w16k" else "split_default", mode, B, H, dtype)
         if plan is None or plan.path != "split":
             return None
         sliced = te.k_sliced(plan, H)

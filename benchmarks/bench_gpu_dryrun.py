@@ -68,9 +68,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="where the JSON goes (the .md beside it)")
     ap.add_argument(
         "--extra-paths",
-        default="w16,graph,gemm_graph,splitk,w16k,resident_wide,bw4,w16bw4",
-        help="bench_gpu's variants to run (default: those the next GPU call times, and w16 and w16k, "
-        "which it times inside w16bw4 and splitk; 'all': every one)",
+        default="w16,graph,gemm_graph,splitk,w16k,resident_wide,bw4,w16bw4,side,sidebw4,sidek",
+        help="bench_gpu's variants to run (default: those the next GPU call times, and w16, w16k, "
+        "splitk and w16bw4, which earlier calls timed; 'all': every one)",
     )
     args = ap.parse_args()
     _fake_cuda()

@@ -119,7 +119,8 @@ def variants():
                             kernels = [(K.fwd_cell_kernel, c), (K.bwd_cell_kernel, c)]
                         elif path == "split":
                             kernels = step_kernels(mode, dtype, H, plan)
-                            kernels += _sliced(plan, H, kernels[0][1])
+                            kernels += _sliced(plan, H, kernels[0][1]) + _side(mode, plan, kernels[0][1])
+                            kernels += _narrow(mode, B, H, dtype, plan, kernels[1][1])
                         else:
                             c = _kernel_flags(mode, dtype, plan) | dict(BLOCK_K=plan.block_k)
                             kernels = [
@@ -151,7 +152,7 @@ def _kernel_flags(mode: str, dtype: torch.dtype, plan) -> dict:
 
 def step_kernels(mode: str, dtype: torch.dtype, H: int, plan) -> list:
     """``[(forward kernel, constexprs), (backward kernel, constexprs)]`` of a ``resident`` or
-    ``split`` plan (``k_slices`` included; the float32 forward of a ``half_w`` plan is
+    ``split`` plan (``k_slices`` and ``side_gates`` included; the float32 forward of a ``half_w`` plan is
     :func:`_w16_kernels`')."""
     c = _kernel_flags(mode, dtype, plan)
     if plan.path == "resident":
@@ -161,7 +162,10 @@ def step_kernels(mode: str, dtype: torch.dtype, H: int, plan) -> list:
     c["HP"] = te._hp(H)
     if plan.k_slices > 1:
         c["NK"] = plan.k_slices
-    return [(K.fwd_split_kernel, c), (K.bwd_split_kernel, dict(c))]
+    forward = c
+    if plan.side_gates:  # the forward's alone, in place of NK
+        forward = {k: v for k, v in c.items() if k != "NK"} | {"SIDE": True}
+    return [(K.fwd_split_kernel, forward), (K.bwd_split_kernel, dict(c))]
 
 
 def _w16_kernels(mode: str, B: int, H: int) -> list:
@@ -172,7 +176,9 @@ def _w16_kernels(mode: str, B: int, H: int) -> list:
         return []
     fn, c = step_kernels(mode, torch.float32, H, plan)[0]
     c |= dict(_dtype="fp32+w16", _plan=plan)
-    return [(fn, c)] + (_sliced(plan, H, c, backward=False) if plan.path == "split" else [])
+    return [(fn, c)] + (
+        _sliced(plan, H, c, backward=False) + _side(mode, plan, c) if plan.path == "split" else []
+    )
 
 
 def _sliced(plan, H: int, c: dict, backward: bool = True) -> list:
@@ -182,6 +188,22 @@ def _sliced(plan, H: int, c: dict, backward: bool = True) -> list:
         return []
     fns = (K.fwd_split_kernel, K.bwd_split_kernel) if backward else (K.fwd_split_kernel,)
     return [(fn, dict(c, NK=sliced.k_slices, _plan=sliced)) for fn in fns]
+
+
+def _side(mode: str, plan, c: dict) -> list:
+    """The forward kernel of ``side_by_side(plan)`` (``Plan.side_gates``; its backward is
+    ``plan``'s), where it applies."""
+    side = te.side_by_side(plan, mode)
+    return [] if side is None else [(K.fwd_split_kernel, dict(c, SIDE=True, _plan=side, _tag=" side"))]
+
+
+def _narrow(mode: str, B: int, H: int, dtype: torch.dtype, plan, c: dict) -> list:
+    """The backward kernel of ``narrow_backward(plan)`` (on 4 warps), where it applies."""
+    narrow = te.narrow_backward(plan, mode, B, H, dtype)
+    if narrow is None:
+        return []
+    back = te.backward_plan(narrow, mode, B, H, dtype)
+    return [(K.bwd_split_kernel, dict(c, _plan=back, _tag=" bw4"))]
 
 
 def main() -> int:
@@ -201,7 +223,7 @@ def main() -> int:
             "num_stages": plan.num_stages,
         }
         row["constexprs"] = {
-            k: v for k, v in cx.items() if k in ("MODE", "BLOCK_B", "BLOCK_H", "BLOCK_K", "HP", "NK")
+            k: v for k, v in cx.items() if k in ("MODE", "BLOCK_B", "BLOCK_H", "BLOCK_K", "HP", "NK", "SIDE")
         }
         try:
             k = compile_kernel(fn, dtype, cx, plan, H)

@@ -412,7 +412,7 @@ def calibrate(measured: dict) -> dict:
 
 #: what :func:`predict` predicts by default: today's default plan (on today's kernels) and the
 #: prepared variants (``bench_gpu.py --extra-paths``) whose kernels the model reads
-PREDICTED = ("default", "resident_wide", "splitk", "w16", "w16k", "bw4", "w16bw4")
+PREDICTED = ("default", "resident_wide", "splitk", "w16", "w16k", "bw4", "w16bw4", "side", "sidebw4", "sidek")
 
 
 def predict(measured: dict, fit: dict, names: tuple[str, ...] = PREDICTED) -> list[dict]:

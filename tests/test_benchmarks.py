@@ -104,6 +104,16 @@ def test_k_sliced_and_wide_variants_apply_where_they_should(monkeypatch):
     w16bw4 = _variant_plan("w16bw4", "lstm", 16, 256, f32)
     assert w16bw4 == dataclasses.replace(te.w16_plan("lstm", 16, 256), bwd_warps=4)
     assert _variant_plan("w16bw4", "lstm", 16, 256, bf16) is None
+    # and the forward's gates side by side: on the split plan, with the 4-warp backward, and on
+    # splitk's plan (the backward sliced)
+    side = _variant_plan("side", "lstm", 16, 256, f32)
+    assert side == dataclasses.replace(te.plan_for("lstm", 16, 256, f32), side_gates=True)
+    assert _variant_plan("sidebw4", "lstm", 16, 256, f32) == dataclasses.replace(side, bwd_warps=4)
+    sidek = _variant_plan("sidek", "gru", 64, 512, f32)
+    assert sidek == dataclasses.replace(_variant_plan("splitk", "gru", 64, 512, f32), side_gates=True)
+    assert _variant_plan("side", "lstm", 8, 64, f32).path == "split"  # where resident is the default
+    assert _variant_plan("sidebw4", "lstm", 64, 512, f32) is None  # 16-column slices
+    assert _variant_plan("side", "lstm", 256, 1024, f32) is None  # no split plan fits
 
 
 def test_kernel_summary_counts_busy_time_once_and_finds_the_longest_gap(monkeypatch):

@@ -248,6 +248,52 @@ def test_k_sliced_split_plans_match_reference(mode, H, k, packed, dtype):
     _check(mode, 3, 7, 5, H, dtype, plan, lengths=LENGTHS)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "mode, H, block_h, packed, k",
+    [
+        ("rnn", 40, 16, False, 1),
+        ("lstm", 40, 32, True, 1),
+        ("lstm", 16, 16, False, 1),
+        ("gru", 24, 16, False, 1),
+        ("lstm", 40, 16, False, 4),
+        ("gru", 40, 16, True, 2),
+    ],
+)
+def test_side_by_side_split_plans_match_reference(mode, H, block_h, packed, k, dtype):
+    # Plan.side_gates: the forward's gate products as one 2-d product in two halves of the
+    # reduction. H = 40 pads to 64 (halves of 32, the second holding 8 real rows and padding;
+    # two 32-column programs, the last ragged, or three of 16); H = 16: one 16-deep product, no
+    # halves; GRU's absent fourth gate rides along. Packed gate I/O: the forward stores the gates
+    # unpacked, the backward loads them packed. k > 1: the backward's products in k slices
+    plan = te.Plan("split", 16, block_h, 16, num_warps=8, packed_io=packed, k_slices=k)
+    plan = dataclasses.replace(plan, side_gates=True)  # the RNN too: side_by_side offers it no plan
+    back = te.backward_plan(plan, mode, 3, H, dtype)
+    assert plan.side_gates and not back.side_gates and back.k_slices == k
+    _check(mode, 3, 7, 5, H, dtype, plan, lengths=LENGTHS)
+
+
+def test_side_by_side_plans_and_their_refusals():
+    split = te.Plan("split", 16, 32, 16, num_warps=8)
+    assert te.side_by_side(split, "gru") == dataclasses.replace(split, side_gates=True)
+    assert te.side_by_side(split, "rnn") is None  # one gate: nothing to put side by side
+    assert te.side_by_side(te.Plan("resident", 16, 64, 16), "lstm") is None
+    assert te.side_by_side(None, "lstm") is None
+    w16 = te.side_by_side(te.w16_plan("lstm", 16, 256), "lstm")
+    assert (
+        w16.half_w and w16.side_gates and not te.backward_plan(w16, "lstm", 16, 256, torch.float32).side_gates
+    )
+    with pytest.raises(ValueError, match="side_gates needs the split path"):
+        te.Plan("resident", side_gates=True)
+    plans = te.candidate_plans("lstm", 16, 256, torch.float32)
+    assert any(p.side_gates and p.bwd_warps == 4 for p in plans)  # with the narrow backward too
+    # the forward takes SIDE in place of NK; the backward (backward_plan) NK alone
+    sliced = te.side_by_side(dataclasses.replace(split, k_slices=2), "lstm")
+    forward = te._split_options(sliced, 256, {})
+    backward = te._split_options(te.backward_plan(sliced, "lstm", 16, 256, torch.float32), 256, {})
+    assert forward["SIDE"] and "NK" not in forward and backward["NK"] == 2 and "SIDE" not in backward
+
+
 @pytest.mark.parametrize("mode, dtype", [("lstm", torch.float32), ("gru", torch.bfloat16)])
 def test_narrow_backward_plans_match_reference(mode, dtype):
     # Plan.bwd_warps: the backward launched on its own warp count (the interpreter runs every
@@ -361,7 +407,7 @@ def _w16_emulation(mode, x, state, weights, lengths):
     return torch.stack(outs), ((h, c) if mode == "lstm" else (h,))
 
 
-@pytest.mark.parametrize("path", ["resident", "split", "split_k"])
+@pytest.mark.parametrize("path", ["resident", "split", "split_k", "split_side"])
 @pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
 def test_half_w_forward_rounds_only_the_recurrent_operands(mode, path):
     # Plan.half_w: float32 layers whose forward reads W_hh and h in float16. Equal to an exact
@@ -374,7 +420,9 @@ def test_half_w_forward_rounds_only_the_recurrent_operands(mode, path):
     plan = te.w16_plan(mode, B, H) if path == "resident" else te.Plan("split", 16, 16, 16, half_w=True)
     if path == "split_k":  # and the product in two slices of the reduction (H = 24 pads to 32)
         plan = dataclasses.replace(plan, k_slices=2)
-    assert plan.path == path.removesuffix("_k") and plan.half_w
+    if path == "split_side":  # and the gates side by side, in two halves of 16
+        plan = dataclasses.replace(plan, side_gates=True)
+    assert plan.path == path.split("_")[0] and plan.half_w
     ours = _run_and_grad(te.run, mode, x, state, weights, lens, "tanh", plan=plan)
     wanted = _run_and_grad(lambda *a: _w16_emulation(*a[:5]), mode, *_as64(x, state, weights), lens, "tanh")
     for name, a, b in zip(NAMES[mode], ours, wanted, strict=True):
@@ -947,6 +995,30 @@ def test_gpu_k_sliced_split_plans(mode, H, dtype):
     lengths = [(7 * b) % T + 1 for b in range(B)]
     plan = te.k_sliced(te.plan_for(mode, B, H, dtype, "split"), H)
     assert plan.k_slices > 1
+    _check(mode, B, T, 33, H, dtype, plan, lengths=lengths)
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "mode, H, dtype, variant",
+    [
+        ("lstm", 256, torch.float32, "sidebw4"),
+        ("gru", 512, torch.float32, "sidek"),
+        ("lstm", 208, torch.bfloat16, "side"),
+    ],
+)
+def test_gpu_side_by_side_plans(mode, H, dtype, variant):
+    # what benchmarks/bench_gpu.py's side variants run: the forward's gates side by side (LSTM
+    # fp32 H = 256: 32 columns, halves of 128, the backward on 4 warps; GRU fp32 H = 512: 16
+    # columns, the backward in 4 k slices; LSTM bf16 H = 208 pads to 256)
+    B, T = 37, 29
+    lengths = [(7 * b) % T + 1 for b in range(B)]
+    plan = dataclasses.replace(te.plan_for(mode, B, H, dtype, "split"), side_gates=True)
+    if variant == "sidebw4":
+        plan = te.narrow_backward(plan, mode, B, H, dtype)
+    elif variant == "sidek":
+        plan = te.k_sliced(plan, H)
+    assert plan.side_gates and (variant != "sidek" or plan.k_slices > 1)
     _check(mode, B, T, 33, H, dtype, plan, lengths=lengths)
 
 

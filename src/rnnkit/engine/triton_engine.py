@@ -105,6 +105,7 @@ __all__ = [
     "graph_plan",
     "backward_plan",
     "narrow_backward",
+    "side_by_side",
     "GRAPHS",
     "run",
     "supports",
@@ -179,7 +180,11 @@ class Plan:
     of 512, no spill instead of 16 bytes), backward 1608 instead of 3256 (64 mma instead of 512,
     116 bytes spilled instead of 132); GRU fp32 ``H`` = 512's forward spills nothing instead of 544
     bytes. Not timed on a GPU yet, so not a default. ``bwd_warps``: the backward's warps per
-    program (0: ``num_warps``; :func:`narrow_backward`). Block sizes are powers of two >= 16
+    program (0: ``num_warps``; :func:`narrow_backward`). ``side_gates`` (``split`` only): the
+    forward's recurrent product of every gate as one 2-d product, the gates' weight slices side
+    by side, ``(block_b, H) @ (H, 4 block_h)``, in two independent halves of the reduction
+    (:func:`side_by_side`); ``k_slices`` is then the backward's alone. Not timed on a GPU yet, so
+    not a default. Block sizes are powers of two >= 16
     (``tl.dot``'s minimum).
     """
 
@@ -194,6 +199,7 @@ class Plan:
     graph: bool = False
     k_slices: int = 1
     bwd_warps: int = 0
+    side_gates: bool = False
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -208,6 +214,8 @@ class Plan:
             raise ValueError(f"Plan: k_slices must be a power of two >= 1, got {self.k_slices}")
         if self.k_slices > 1 and self.path != "split":
             raise ValueError(f"Plan: k_slices needs the split path, got {self.path!r}")
+        if self.side_gates and self.path != "split":
+            raise ValueError(f"Plan: side_gates needs the split path, got {self.path!r}")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"Plan: num_warps must be a power of two <= 16, got {self.num_warps}")
         if self.bwd_warps not in (0, 1, 2, 4, 8, 16):
@@ -314,12 +322,30 @@ def k_sliced(plan: Plan, hidden_size: int) -> Plan:
 def backward_plan(plan: Plan, mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan:
     """The plan a call's backward runs: ``plan``, except for a ``half_w`` forward, whose backward
     reads ``W_hh`` in float32 (TF32 products) on the default's slices, sliced where the forward
-    was; on ``plan.bwd_warps`` warps where that is set."""
-    out = plan
+    was; on ``plan.bwd_warps`` warps where that is set. ``side_gates`` is the forward's alone."""
+    out = dataclasses.replace(plan, side_gates=False) if plan.side_gates else plan
     if plan.half_w:
         out = dataclasses.replace(plan_for(mode, batch, hidden_size, dtype), graph=plan.graph)
         out = k_sliced(out, hidden_size) if plan.k_slices > 1 and out.path == "split" else out
     return dataclasses.replace(out, num_warps=plan.bwd_warps) if plan.bwd_warps else out
+
+
+def side_by_side(plan: Plan | None, mode: str) -> Plan | None:
+    """``plan`` (an LSTM or GRU ``split`` plan) with its forward's gate products as one 2-d
+    product in two halves of the reduction (``Plan.side_gates``; a ``k_sliced`` plan's slices
+    then serve its backward alone); else ``None``. The RNN's one gate gains nothing side by side,
+    and its halves alone are slower (modelled: 10-25 % more cycles a forward step). A program's
+    product is ``(16, H) @ (H, block_h)`` per gate: 2-4 mma tiles wide, so on 8 warps two to four
+    warps compute each tile, each gate apart. Side by side the product is ``4 block_h`` columns
+    wide, one or two tiles a warp, none repeated, and each warp's halves are two independent mma
+    chains half as long. Compiled for sm_90a with the lent H100's Triton (3.6), modelled cycles a
+    step of the forward, default against side by side: LSTM fp32 ``H`` = 256 6032 against 3793,
+    ``H`` = 512 15882 against 4044; LSTM bf16 ``H`` = 512 6013 against 3889; GRU fp32 ``H`` = 512
+    15574 against 3866 (Triton 3.9: alike); the k-sliced forward at ``H`` = 512: 5329 (LSTM), 5248
+    (GRU). Not timed on a GPU yet, so not a default."""
+    if plan is None or plan.path != "split" or mode == "rnn":
+        return None
+    return dataclasses.replace(plan, side_gates=True)
 
 
 def narrow_backward(plan: Plan, mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan | None:
@@ -366,8 +392,9 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
     :func:`wide_resident`), ``split`` with 16- and 32-column
     slices and, for ``B`` >= 64, 64-row batch tiles (wgmma-sized products) where they fit,
     ``persistent`` with 16/32- and 64-row tiles, the packed gate I/O of LSTM and GRU, each
-    ``split`` plan with its products in reduction slices (:func:`k_sliced`) and with its backward
-    on 4 warps (:func:`narrow_backward`), the default
+    ``split`` plan with its products in reduction slices (:func:`k_sliced`), with its forward's
+    gates side by side (:func:`side_by_side`) and with its backward on 4 warps
+    (:func:`narrow_backward`), the default
     replayed as a CUDA graph (``Plan.graph``), and where ``persistent`` is the default the ``gemm``
     path replayed so (:func:`graph_plan`). Not ``gemm`` launched step by step, or ``stepwise``:
     launch-bound, slower at every size measured."""
@@ -391,7 +418,9 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
         plans += [
             dataclasses.replace(p, packed_io=True) for p in plans if p and p.path in ("resident", "split")
         ]
-    plans += [k_sliced(p, hidden_size) for p in plans if p and p.path == "split"]
+    splits = [p for p in plans if p and p.path == "split"]
+    plans += [k_sliced(p, hidden_size) for p in splits]
+    plans += [side_by_side(p, mode) for p in splits + [k_sliced(p, hidden_size) for p in splits]]
     plans += [narrow_backward(p, mode, batch, hidden_size, dtype) for p in plans if p and p.path == "split"]
     plans.append(dataclasses.replace(plans[0], graph=True))  # without the host's per-call work
     if plans[0].path == "persistent":  # steps that are real matrix products: cuBLAS, graphed
@@ -751,10 +780,16 @@ def _launch(plan: Plan) -> dict:
 
 
 def _split_options(plan: Plan, H: int, flags: dict) -> dict:
-    """The split kernels' compile-time arguments (``NK`` only where sliced: unsliced calls keep
-    the kernels they compiled before ``Plan.k_slices``)."""
+    """The split kernels' compile-time arguments (``NK`` and ``SIDE`` only where set: other calls
+    keep the kernels they compiled before ``Plan.k_slices`` and ``Plan.side_gates``). A
+    ``side_gates`` forward takes ``SIDE`` instead of ``NK`` (``backward_plan`` drops it, so the
+    backward takes ``NK``)."""
     options = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
-    return options | {"NK": plan.k_slices} if plan.k_slices > 1 else options
+    if plan.side_gates:
+        options["SIDE"] = True
+    elif plan.k_slices > 1:
+        options["NK"] = plan.k_slices
+    return options
 
 
 def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):

@@ -123,6 +123,23 @@ def _gate_grad_products(
 
 
 @triton.jit
+def _k_range(
+    rows, rmask, cols, cmask, H, row_stride, K0: tl.constexpr, KC: tl.constexpr, W_OUT: tl.constexpr
+):
+    """:func:`_k_slices`' 2-d operands over the reduction's part ``K0 <= k < K0 + KC``: ``a``
+    ``(M, KC)`` and ``w`` ``(KC, N)``."""
+    ks = K0 + tl.arange(0, KC)
+    a_off = rows[:, None] * row_stride + ks[None, :]
+    a_mask = rmask[:, None] & (ks < H)[None, :]
+    if W_OUT:
+        w_off = ks[:, None] * H + cols[None, :]
+    else:
+        w_off = cols[None, :] * H + ks[:, None]
+    w_mask = (ks < H)[:, None] & cmask[None, :]
+    return a_off, a_mask, w_off, w_mask
+
+
+@triton.jit
 def _k_slices(
     rows, rmask, cols, cmask, H, row_stride, HP: tl.constexpr, NK: tl.constexpr, W_OUT: tl.constexpr
 ):
@@ -133,14 +150,7 @@ def _k_slices(
     rows). ``NK`` 1: 2-d operands ``(M, HP)`` and ``(HP, N)``; else 3-d, ``(NK, M, HP / NK)`` and
     ``(NK, HP / NK, N)``, the reduction in ``NK`` slices (``Plan.k_slices``)."""
     if NK == 1:
-        ks = tl.arange(0, HP)
-        a_off = rows[:, None] * row_stride + ks[None, :]
-        a_mask = rmask[:, None] & (ks < H)[None, :]
-        if W_OUT:
-            w_off = ks[:, None] * H + cols[None, :]
-        else:
-            w_off = cols[None, :] * H + ks[:, None]
-        w_mask = (ks < H)[:, None] & cmask[None, :]
+        a_off, a_mask, w_off, w_mask = _k_range(rows, rmask, cols, cmask, H, row_stride, 0, HP, W_OUT)
     else:
         kk = (tl.arange(0, NK) * (HP // NK))[:, None] + tl.arange(0, HP // NK)[None, :]  # (NK, KC)
         a_off = rows[None, :, None] * row_stride + kk[:, None, :]
@@ -250,10 +260,61 @@ def _hidden_products(
 
 @triton.jit
 def _gates_side_by_side(w0, w1, w2, w3):
-    """The four ``(NK, KC, N)`` weight tiles as one ``(NK, KC, 4 N)``, gate ``2 i + j`` of column
-    ``n`` at ``4 n + 2 j + i`` (as :func:`_sliced_products` splits them)."""
+    """The four ``(NK, KC, N)`` weight tiles as one ``(NK, KC, 4 N)`` (or ``(KC, N)`` as one
+    ``(KC, 4 N)``), gate ``2 i + j`` of column ``n`` at ``4 n + 2 j + i`` (as
+    :func:`_gates_apart` splits them)."""
     w = tl.join(tl.join(w0, w1), tl.join(w2, w3))
-    return tl.reshape(w, (w.shape[0], w.shape[1], 4 * w.shape[2]))
+    if len(w0.shape) == 2:
+        out = tl.reshape(w, (w.shape[0], 4 * w.shape[1]))
+    else:
+        out = tl.reshape(w, (w.shape[0], w.shape[1], 4 * w.shape[2]))
+    return out
+
+
+@triton.jit
+def _gates_apart(s, x0, x1, x2, x3, MODE: tl.constexpr):
+    """The pre-activations of each gate from ``s`` ``(M, 4 N)``, the side-by-side product
+    (:func:`_gates_side_by_side`), plus the input projections; GRU's third is ``h W_hn^T`` alone."""
+    a, b = tl.split(tl.reshape(s, (x0.shape[0], x0.shape[1], 2, 2)))
+    p0, p1 = tl.split(a)
+    p2, p3 = tl.split(b)
+    if MODE != 2:
+        p2 = p2 + x2
+    return p0 + x0, p1 + x1, p2, p3 + x3
+
+
+@triton.jit
+def _side_products(
+    ha,
+    wa,
+    hb,
+    wb,
+    zero,
+    x0,
+    x1,
+    x2,
+    x3,
+    NG: tl.constexpr,
+    MODE: tl.constexpr,
+    HALVES: tl.constexpr,
+    PRECISION,
+    UPCAST,
+):
+    """:func:`_hidden_products` as one 2-d product, the gates side by side: ``ha`` ``(M, K)`` @
+    ``wa`` ``(K, 4 N)`` (:func:`_gates_side_by_side`; the RNN's one gate ``(K, N)``). ``HALVES``:
+    the reduction in two halves, ``ha @ wa + hb @ wb``, each accumulated apart from ``zero``
+    ``(M, 4 N)`` (:func:`_unfolded_zero`) so that each is a chain of mma half as long, side by
+    side in each warp."""
+    if HALVES:
+        s = _mm(ha, wa, zero, PRECISION, UPCAST) + _mm(hb, wb, zero, PRECISION, UPCAST)
+    else:
+        s = _mm(ha, wa, zero, PRECISION, UPCAST)
+    if NG == 1:
+        p0 = s + x0
+        out = (p0, p0, p0, p0)
+    else:
+        out = _gates_apart(s, x0, x1, x2, x3, MODE)
+    return out
 
 
 @triton.jit
@@ -264,12 +325,7 @@ def _sliced_products(hk, w, x0, x1, x2, x3, MODE: tl.constexpr, PRECISION, UPCAS
     product."""
     part = tl.zeros((hk.shape[0], hk.shape[1], w.shape[2]), tl.float32)
     s = tl.sum(_mm(hk, w, part, PRECISION, UPCAST), axis=0)
-    a, b = tl.split(tl.reshape(s, (x0.shape[0], x0.shape[1], 2, 2)))
-    p0, p1 = tl.split(a)
-    p2, p3 = tl.split(b)
-    if MODE != 2:
-        p2 = p2 + x2
-    return p0 + x0, p1 + x1, p2, p3 + x3
+    return _gates_apart(s, x0, x1, x2, x3, MODE)
 
 
 @triton.jit
@@ -929,6 +985,7 @@ def fwd_split_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     NK: tl.constexpr = 1,
+    SIDE: tl.constexpr = False,
 ):
     """Steps ``t_begin <= t < t_end`` on a 1-d grid of ``n_b * n_h`` programs; program
     ``(pid_b, pid_h)`` owns batch tile ``pid_b`` and hidden columns ``pid_h * BLOCK_H ...`` of every
@@ -941,7 +998,9 @@ def fwd_split_kernel(
     launches and hold the final state. ``bar`` int32 ``(2 + n_b,)``: ticket, error flag, one
     barrier counter per batch tile of the launch (zeroed by the host); ``tile0`` the launch's
     first batch tile (the host launches no more tiles at once than the GPU holds). ``NK`` > 1:
-    the recurrent product's reduction in ``NK`` slices (``Plan.k_slices``)."""
+    the recurrent product's reduction in ``NK`` slices (``Plan.k_slices``). ``SIDE``: the
+    recurrent product of every gate as one 2-d product, the gates side by side, in two
+    independent halves of the reduction (``Plan.side_gates``, :func:`_side_products`)."""
     pid_b, pid_h = _ticket(bar_ptr, n_h, sync)
     rows = (tile0 + pid_b) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
@@ -950,15 +1009,34 @@ def fwd_split_kernel(
     m2 = rmask[:, None] & cmask[None, :]
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
     st = rows[:, None] * H + cols[None, :]
-    # h's rows, and W^T's slice (HP in, BLOCK_H out) of gate 0; in NK slices of the reduction
-    hrow, hm, wt, wm = _k_slices(rows, rmask, cols, cmask, H, H, HP, NK, False)
+    # h's rows, and W^T's slice (HP in, BLOCK_H out) of gate 0; in NK slices of the reduction,
+    # or (SIDE) in two halves, each its own 2-d operands
+    SIDE2D: tl.constexpr = SIDE and NK == 1
+    HALVES: tl.constexpr = SIDE2D and HP >= 32
+    if HALVES:
+        hrow, hm, wt, wm = _k_range(rows, rmask, cols, cmask, H, H, 0, HP // 2, False)
+        hrow2, hm2, wt2, wm2 = _k_range(rows, rmask, cols, cmask, H, H, HP // 2, HP // 2, False)
+    else:
+        hrow, hm, wt, wm = _k_slices(rows, rmask, cols, cmask, H, H, HP, NK, False)
     w0, w1, w2, w3 = _gate_tiles(w_ptr + wt, wm, H * H, NG)
-    SIDE: tl.constexpr = NK > 1 and NG > 1  # sliced gates: one product, one sum over the slices
+    # sliced or side-by-side gates: one product, the gates apart after it
+    JOINED: tl.constexpr = (NK > 1 or SIDE) and NG > 1
     # the gates come apart from one tile already: the packed stores would join them again
     # (compiled for sm_90, LSTM fp32 H = 512: 6 layout conversions a step instead of 14)
-    IO_PACK: tl.constexpr = PACK and not SIDE
-    if SIDE:
+    IO_PACK: tl.constexpr = PACK and not JOINED
+    # every tile loaded before any is joined: Triton 3.6 compiles the other order's loop (LSTM
+    # fp32 H = 512) to a quarter more cycles a step, 4999 against 4044 (3.9: 5174 against 3596)
+    v0, v1, v2, v3 = w0, w1, w2, w3
+    if HALVES:
+        v0, v1, v2, v3 = _gate_tiles(w_ptr + wt2, wm2, H * H, NG)
+    w_all = w0
+    w_all2 = v0
+    if JOINED:
         w_all = _gates_side_by_side(w0, w1, w2, w3)
+        w_all2 = _gates_side_by_side(v0, v1, v2, v3)
+    zero = 0.0
+    if SIDE2D:  # each half's product starts from a zero Triton cannot fold into the other's chain
+        zero = _unfolded_zero(lens, tl.zeros((BLOCK_B, w_all.shape[1]), tl.float32))
     bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     h = tl.load(hst_ptr + st, mask=m2, other=0.0)
     c = h
@@ -974,7 +1052,14 @@ def fwd_split_kernel(
         nm = m2 & ((t + 1 + tl.zeros_like(rows)) < t_end)[:, None]
         n0, n1, n2, n3 = _load_gates(xg_ptr + (t + 1) * (GW * BH) + gt, nm, H, NG, IO_PACK)
         hk = tl.load(hx_ptr + (t % 2) * BH + hrow, mask=hm, other=0.0, cache_modifier=".cg")
-        if SIDE:
+        hk2 = hk
+        if HALVES:
+            hk2 = tl.load(hx_ptr + (t % 2) * BH + hrow2, mask=hm2, other=0.0, cache_modifier=".cg")
+        if SIDE2D:
+            p0, p1, p2, p3 = _side_products(
+                hk, w_all, hk2, w_all2, zero, x0, x1, x2, x3, NG, MODE, HALVES, PRECISION, UPCAST
+            )
+        elif JOINED:
             p0, p1, p2, p3 = _sliced_products(hk, w_all, x0, x1, x2, x3, MODE, PRECISION, UPCAST)
         else:
             p0, p1, p2, p3 = _hidden_products(hk, w0, w1, w2, w3, x0, x1, x2, x3, NG, MODE, PRECISION, UPCAST)
