@@ -287,6 +287,10 @@ def test_side_by_side_plans_and_their_refusals():
         te.Plan("resident", side_gates=True)
     plans = te.candidate_plans("lstm", 16, 256, torch.float32)
     assert any(p.side_gates and p.bwd_warps == 4 for p in plans)  # with the narrow backward too
+    # a sliced backward's forward side by side; the RNN's sliced, never side by side
+    assert all(p.side_gates for p in plans if p.k_slices > 1) and any(p.k_slices > 1 for p in plans)
+    rnn = te.candidate_plans("rnn", 16, 256, torch.float32)
+    assert not any(p.side_gates for p in rnn) and any(p.k_slices > 1 for p in rnn)
     # the forward takes SIDE in place of NK; the backward (backward_plan) NK alone
     sliced = te.side_by_side(dataclasses.replace(split, k_slices=2), "lstm")
     forward = te._split_options(sliced, 256, {})

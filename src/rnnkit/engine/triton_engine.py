@@ -392,9 +392,9 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
     :func:`wide_resident`), ``split`` with 16- and 32-column
     slices and, for ``B`` >= 64, 64-row batch tiles (wgmma-sized products) where they fit,
     ``persistent`` with 16/32- and 64-row tiles, the packed gate I/O of LSTM and GRU, each
-    ``split`` plan with its products in reduction slices (:func:`k_sliced`), with its forward's
-    gates side by side (:func:`side_by_side`) and with its backward on 4 warps
-    (:func:`narrow_backward`), the default
+    ``split`` plan with its forward's gates side by side (:func:`side_by_side`), that with its
+    backward's products in reduction slices (:func:`k_sliced`; the RNN's forward sliced too),
+    and each with its backward on 4 warps (:func:`narrow_backward`), the default
     replayed as a CUDA graph (``Plan.graph``), and where ``persistent`` is the default the ``gemm``
     path replayed so (:func:`graph_plan`). Not ``gemm`` launched step by step, or ``stepwise``:
     launch-bound, slower at every size measured."""
@@ -419,8 +419,10 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
             dataclasses.replace(p, packed_io=True) for p in plans if p and p.path in ("resident", "split")
         ]
     splits = [p for p in plans if p and p.path == "split"]
-    plans += [k_sliced(p, hidden_size) for p in splits]
-    plans += [side_by_side(p, mode) for p in splits + [k_sliced(p, hidden_size) for p in splits]]
+    plans += [side_by_side(p, mode) for p in splits]
+    # the backward in k slices, the forward side by side: modelled faster than the k-sliced
+    # forward at every size (Triton 3.6 and 3.9), except for the RNN, which has no gates to join
+    plans += [side_by_side(p, mode) or p for p in (k_sliced(p, hidden_size) for p in splits)]
     plans += [narrow_backward(p, mode, batch, hidden_size, dtype) for p in plans if p and p.path == "split"]
     plans.append(dataclasses.replace(plans[0], graph=True))  # without the host's per-call work
     if plans[0].path == "persistent":  # steps that are real matrix products: cuBLAS, graphed
