@@ -311,10 +311,12 @@ def _side_products(
         s = _mm(ha, wa, zero, PRECISION, UPCAST)
     if NG == 1:
         p0 = s + x0
-        out = (p0, p0, p0, p0)
-    else:
-        out = _gates_apart(s, x0, x1, x2, x3, MODE)
-    return out
+        p1 = p0
+        p2 = p0
+        p3 = p0
+    else:  # four names, not one tuple: Triton 3.2 does not unpack a tuple returned by name
+        p0, p1, p2, p3 = _gates_apart(s, x0, x1, x2, x3, MODE)
+    return p0, p1, p2, p3
 
 
 @triton.jit
