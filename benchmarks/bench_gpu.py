@@ -418,8 +418,10 @@ def measure(prob: Problem, name: str, fn, args, forward=None) -> dict:
 #: the default, and w16, with a split backward on 4 warps instead of 8, ``Plan.bwd_warps``,
 #: ``narrow_backward``; ``side``/``sidebw4``/``sidek``: the split plan (as ``splitk``'s), with that
 #: backward, and ``splitk``'s plan (the backward sliced), with the forward's gate products as one 2-d
-#: product in two halves of the reduction, ``Plan.side_gates``, ``side_by_side``).
+#: product in two halves of the reduction, ``Plan.side_gates``, ``side_by_side``); ``plain``: where the
+#: default is a split plan, that plan without ``refined_split``'s changes (run 6's default).
 ALL_EXTRA_PATHS = (
+    "plain",
     "resident",
     "resident2",
     "resident_packed",
@@ -453,9 +455,16 @@ def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
         return te.w16_plan(mode, B, H) if dtype == torch.float32 else None
     if name == "resident_wide":
         return te.wide_resident(mode, B, H, dtype)
-    if name in ("bw4", "w16bw4"):
-        plan = _variant_plan("w16", mode, B, H, dtype) if name == "w16bw4" else te.plan_for(mode, B, H, dtype)
+    if name == "plain":  # the default's path without refined_split's changes (where it made some)
+        default = te.plan_for(mode, B, H, dtype)
+        plain = te.plan_for(mode, B, H, dtype, default.path)
+        return plain if plain != default else None
+    if name == "w16bw4":
+        plan = _variant_plan("w16", mode, B, H, dtype)
         return None if plan is None else te.narrow_backward(plan, mode, B, H, dtype)
+    if name == "bw4":  # on the plain plan: the LSTM's default has its forward side by side too
+        plan = _variant_plan("plain", mode, B, H, dtype) or te.plan_for(mode, B, H, dtype)
+        return te.narrow_backward(plan, mode, B, H, dtype)
     if name in ("side", "sidebw4", "sidek"):
         plan = _variant_plan("splitk" if name == "sidek" else "split_default", mode, B, H, dtype)
         plan = te.side_by_side(plan, mode)

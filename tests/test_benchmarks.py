@@ -86,7 +86,7 @@ def test_k_sliced_and_wide_variants_apply_where_they_should(monkeypatch):
     f32, bf16 = torch.float32, torch.bfloat16
     # the default split plan at the issue's H = 512 point (LSTM: 16 columns, packed gate I/O)
     plan = _variant_plan("splitk", "lstm", 64, 512, f32)
-    assert plan == te.k_sliced(te.plan_for("lstm", 64, 512, f32), 512) and plan.k_slices == 4
+    assert plan == te.k_sliced(te.plan_for("lstm", 64, 512, f32, "split"), 512) and plan.k_slices == 4
     assert plan.packed_io and not plan.half_w
     assert _variant_plan("splitk", "gru", 16, 256, bf16).k_slices == 2  # 32 columns
     assert _variant_plan("splitk", "lstm", 256, 1024, f32) is None  # no split plan fits
@@ -99,7 +99,7 @@ def test_k_sliced_and_wide_variants_apply_where_they_should(monkeypatch):
     assert _variant_plan("resident_wide", "gru", 8, 32, f32) is None  # the default already
     # and the split backward on 4 warps, of the default and of w16 (whose backward is the default's)
     bw4 = _variant_plan("bw4", "lstm", 16, 256, f32)
-    assert bw4 == dataclasses.replace(te.plan_for("lstm", 16, 256, f32), bwd_warps=4)
+    assert bw4 == dataclasses.replace(te.plan_for("lstm", 16, 256, f32, "split"), bwd_warps=4)
     assert _variant_plan("bw4", "lstm", 64, 512, f32) is None  # 16-column slices
     w16bw4 = _variant_plan("w16bw4", "lstm", 16, 256, f32)
     assert w16bw4 == dataclasses.replace(te.w16_plan("lstm", 16, 256), bwd_warps=4)
@@ -107,13 +107,20 @@ def test_k_sliced_and_wide_variants_apply_where_they_should(monkeypatch):
     # and the forward's gates side by side: on the split plan, with the 4-warp backward, and on
     # splitk's plan (the backward sliced)
     side = _variant_plan("side", "lstm", 16, 256, f32)
-    assert side == dataclasses.replace(te.plan_for("lstm", 16, 256, f32), side_gates=True)
+    assert side == dataclasses.replace(te.plan_for("lstm", 16, 256, f32, "split"), side_gates=True)
     assert _variant_plan("sidebw4", "lstm", 16, 256, f32) == dataclasses.replace(side, bwd_warps=4)
     sidek = _variant_plan("sidek", "gru", 64, 512, f32)
     assert sidek == dataclasses.replace(_variant_plan("splitk", "gru", 64, 512, f32), side_gates=True)
     assert _variant_plan("side", "lstm", 8, 64, f32).path == "split"  # where resident is the default
     assert _variant_plan("sidebw4", "lstm", 64, 512, f32) is None  # 16-column slices
     assert _variant_plan("side", "lstm", 256, 1024, f32) is None  # no split plan fits
+    # and run 6's default, where refined_split changed it
+    assert _variant_plan("plain", "gru", 1, 256, f32) == te.plan_for("gru", 1, 256, f32, "split")
+    assert te.plan_for("gru", 1, 256, f32) == dataclasses.replace(
+        _variant_plan("plain", "gru", 1, 256, f32), bwd_warps=4
+    )
+    assert _variant_plan("plain", "rnn", 64, 512, f32) is None  # refined_split leaves the RNN be
+    assert _variant_plan("plain", "lstm", 8, 64, f32) is None  # resident
 
 
 def test_kernel_summary_counts_busy_time_once_and_finds_the_longest_gap(monkeypatch):

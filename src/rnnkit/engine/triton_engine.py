@@ -101,6 +101,7 @@ __all__ = [
     "Plan",
     "candidate_plans",
     "plan_for",
+    "refined_split",
     "w16_plan",
     "graph_plan",
     "backward_plan",
@@ -161,14 +162,21 @@ class Plan:
     the products round as the TF32 ones do, on half the on-chip memory per weight slice (wider
     slices, fewer programs); its range holds ``|W_hh|`` and ``|h|`` up to 65504 (LSTM and GRU
     states stay in [-1, 1] after the first step; the initial state and weights must too). The
-    backward keeps TF32: gate gradients need float32's range. Not timed on a GPU yet, so not a
-    default. ``graph``: each call's launches (forward: bias folding, input projection, state
+    backward keeps TF32: gate gradients need float32's range. Not a default: not timed on a
+    GPU yet, and there the RNN's results differ from the exact emulation by 1e-3 (LSTM and GRU
+    within 5e-5; found in session 17, not diagnosed). ``graph``: each call's launches (forward:
+    bias folding, input projection, state
     copies, kernels; backward: kernels and the gradient products) are captured once as a CUDA
     graph and replayed on later calls over the same buffers (:mod:`._graphs`). It takes the
     host's per-call work off the GPU's critical path: about 1 ms a forward + backward on the
     lent H100 (run 5b's times fit ``T`` x per-step + 0.8-1.3 ms), a third of the call at
-    ``T`` = 64-256; and, for ``gemm``, its ~40 us a step of host launches. Not timed on a GPU
-    yet, so not a default. ``k_slices`` (``split`` only): each step's recurrent product, forward
+    ``T`` = 64-256; and, for ``gemm``, its ~40 us a step of host launches. Timed over the same
+    tensors call after call (run 6), it cut the default's time at 52 of 54 points (median 0.86x).
+    But a graph replays only a call whose tensors sit where the captured ones did, and in a
+    training loop they do not: a language model's 12 steps replayed none of their 24 calls on
+    the H100 (the embeddings, the carried state and the engine's own buffers land elsewhere each
+    step), and a capture keeps 64 MiB of library workspace. So not a default, and :func:`tune`
+    does not try it. ``k_slices`` (``split`` only): each step's recurrent product, forward
     and backward, with its reduction over ``H`` in that many slices: one 3-d product whose warps
     split over the slices, summed on chip (forward LSTM and GRU: the gates side by side in it;
     :func:`k_sliced`). A ``split`` program's product is ``(block_b, H) @ (H, block_h)`` per gate;
@@ -179,12 +187,13 @@ class Plan:
     and step), LSTM fp32 ``H`` = 512: forward 1248 instructions instead of 2600 (64 mma instead
     of 512, no spill instead of 16 bytes), backward 1608 instead of 3256 (64 mma instead of 512,
     116 bytes spilled instead of 132); GRU fp32 ``H`` = 512's forward spills nothing instead of 544
-    bytes. Not timed on a GPU yet, so not a default. ``bwd_warps``: the backward's warps per
+    bytes. The default's backward where a program's slice is 16 columns (:func:`refined_split`).
+    ``bwd_warps``: the backward's warps per
     program (0: ``num_warps``; :func:`narrow_backward`). ``side_gates`` (``split`` only): the
     forward's recurrent product of every gate as one 2-d product, the gates' weight slices side
     by side, ``(block_b, H) @ (H, 4 block_h)``, in two independent halves of the reduction
-    (:func:`side_by_side`); ``k_slices`` is then the backward's alone. Not timed on a GPU yet, so
-    not a default. Block sizes are powers of two >= 16
+    (:func:`side_by_side`); ``k_slices`` is then the backward's alone. The default's LSTM forward
+    (:func:`refined_split`). Block sizes are powers of two >= 16
     (``tl.dot``'s minimum).
     """
 
@@ -262,19 +271,23 @@ def split_plan(
 
 def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: str | None = None) -> Plan:
     """The default :class:`Plan` for ``mode`` at batch ``batch`` and hidden size ``hidden_size``;
-    ``path`` forces a path (the block sizes still follow the size).
+    ``path`` forces a path (the block sizes still follow the size; a forced ``split`` plan is the
+    plain one, without :func:`refined_split`'s changes).
 
     Defaults, from benchmarks/bench_gpu.py on an H100 (benchmarks/results/gpu.json): ``resident``
-    where ``W_hh`` fits one program, else ``split`` where its slices fit, else ``persistent``
-    (1.2-1.8x faster than ``gemm`` at B = 256, H = 1024, whose per-step launches cost about
-    40 us a step; ``gemm`` and ``stepwise`` are never the default)."""
+    where ``W_hh`` fits one program, else ``split`` where its slices fit (as
+    :func:`refined_split` makes it), else ``persistent`` (1.2-1.8x faster than ``gemm`` at B =
+    256, H = 1024, whose per-step launches cost about 40 us a step; ``gemm`` and ``stepwise`` are
+    never the default)."""
     HP = _hp(hidden_size)
     block_b = 16 if batch <= 128 else 32
     if path is None:
         if _w_hh_bytes(mode, hidden_size, dtype) <= RESIDENT_MAX_BYTES:
             path = "resident"
         elif split_plan(mode, batch, hidden_size, dtype) is not None:
-            path = "split"
+            return refined_split(
+                plan_for(mode, batch, hidden_size, dtype, "split"), mode, batch, hidden_size, dtype
+            )
         else:
             path = "persistent"
     if path == "resident":
@@ -294,6 +307,26 @@ def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: 
     # 64x32 tiles, 8 warps, the reduction loop pipelined two deep: 1.3-1.6x faster than unpipelined
     # on an H100 despite a few spilled registers (benchmarks/compile_check.py)
     return Plan(path, block_b, block_h=min(64, HP), block_k=min(32, HP), num_warps=8, num_stages=2)
+
+
+def refined_split(plan: Plan, mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> Plan:
+    """The default's form of ``plan`` (a ``split`` plan on 16-row batch tiles): LSTM with its
+    forward's gates side by side and its backward on 4 warps (:func:`side_by_side`,
+    :func:`narrow_backward`); GRU with that backward alone; where the slices are too narrow for
+    the 4-warp backward (16 columns: ``H`` >= 512 in float32), both with the forward side by side
+    and the backward's products in reduction slices (:func:`k_sliced`). The RNN's plan, and plans
+    on wider batch tiles (not measured), stay as they are. Measured on the lent H100 (Triton 3.6,
+    cuDNN 9.19; benchmarks/results/gpu_notes.md, run 6), forward + backward per step against
+    cuDNN: LSTM fp32 ``H`` = 256, ``T`` = 512 0.25-0.29 against the plain plan's 0.33-0.35;
+    ``H`` = 512 0.37 against 0.60 (GRU: 0.32 against 0.61); faster at 22 of the 23 split points
+    of the benchmark's grid (LSTM bf16 ``B`` = 64, ``T`` = 64, ``H`` = 512: 0.46 against 0.44).
+    On the GRU the forward side by side gained nothing beside the 4-warp backward."""
+    if mode == "rnn" or plan.path != "split" or plan.block_b != 16:
+        return plan
+    narrow = narrow_backward(plan, mode, batch, hidden_size, dtype)
+    if narrow is not None:
+        return side_by_side(narrow, mode) if mode == "lstm" else narrow
+    return side_by_side(k_sliced(plan, hidden_size), mode) or plan
 
 
 def w16_plan(mode: str, batch: int, hidden_size: int) -> Plan | None:
@@ -325,7 +358,8 @@ def backward_plan(plan: Plan, mode: str, batch: int, hidden_size: int, dtype: to
     was; on ``plan.bwd_warps`` warps where that is set. ``side_gates`` is the forward's alone."""
     out = dataclasses.replace(plan, side_gates=False) if plan.side_gates else plan
     if plan.half_w:
-        out = dataclasses.replace(plan_for(mode, batch, hidden_size, dtype), graph=plan.graph)
+        default = plan_for(mode, batch, hidden_size, dtype)  # on its plain slices: as the forward's
+        out = dataclasses.replace(default, graph=plan.graph, side_gates=False, k_slices=1, bwd_warps=0)
         out = k_sliced(out, hidden_size) if plan.k_slices > 1 and out.path == "split" else out
     return dataclasses.replace(out, num_warps=plan.bwd_warps) if plan.bwd_warps else out
 
@@ -342,7 +376,9 @@ def side_by_side(plan: Plan | None, mode: str) -> Plan | None:
     step of the forward, default against side by side: LSTM fp32 ``H`` = 256 6032 against 3793,
     ``H`` = 512 15882 against 4044; LSTM bf16 ``H`` = 512 6013 against 3889; GRU fp32 ``H`` = 512
     15574 against 3866 (Triton 3.9: alike); the k-sliced forward at ``H`` = 512: 5329 (LSTM), 5248
-    (GRU). Not timed on a GPU yet, so not a default."""
+    (GRU). Measured on the H100 (run 6), forward + backward per step: LSTM fp32 ``H`` = 256 with
+    the 4-warp backward 0.25-0.29x cuDNN's time against the default's 0.33-0.35; the GRU gained
+    nothing over the 4-warp backward alone. The LSTM's default (:func:`refined_split`)."""
     if plan is None or plan.path != "split" or mode == "rnn":
         return None
     return dataclasses.replace(plan, side_gates=True)
@@ -355,7 +391,8 @@ def narrow_backward(plan: Plan, mode: str, batch: int, hidden_size: int, dtype: 
     another's. Compiled for sm_90a with the lent H100's Triton (3.6), modelled cycles a step of the
     backward: LSTM fp32 ``H`` = 256 5122 against 8880, GRU fp32 ``H`` = 256 4374 against 5456,
     LSTM bf16 ``H`` = 512 4859 against 7331; on 3.9 4-20 % fewer. Worse where the slices are 16
-    columns (fp32 ``H`` = 512). Not timed on a GPU yet, so not a default."""
+    columns (fp32 ``H`` = 512). Measured on the H100 (run 6): faster than the 8-warp backward at 18
+    of 20 points, median 0.91x its time; the default where offered (:func:`refined_split`)."""
     back = backward_plan(plan, mode, batch, hidden_size, dtype)
     if back.path != "split" or back.block_h < 32 or back.num_warps <= 4:
         return None
@@ -370,7 +407,8 @@ def wide_resident(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -
     dependent chain a step. Compiled for sm_90, per thread and step: LSTM fp32 ``H`` = 64 forward
     752 instructions instead of 1360, backward 800 instead of 1312; bf16 ``H`` = 128, 824 and 872
     instead of 1320 and 1328, in at most 128 registers (16 warps' share of the register file). The
-    same instructions in all, in chains half as long. Not timed on a GPU yet, so not a default."""
+    same instructions in all, in chains half as long. Measured on the H100 (run 6): faster than
+    the default at 11 of 19 points, median 0.97x its time, slower at the others; not a default."""
     if _w_hh_bytes(mode, hidden_size, dtype) > SPLIT_MAX_BYTES:
         return None
     plan = plan_for(mode, batch, hidden_size, dtype, "resident")
@@ -394,10 +432,10 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
     ``persistent`` with 16/32- and 64-row tiles, the packed gate I/O of LSTM and GRU, each
     ``split`` plan with its forward's gates side by side (:func:`side_by_side`), that with its
     backward's products in reduction slices (:func:`k_sliced`; the RNN's forward sliced too),
-    and each with its backward on 4 warps (:func:`narrow_backward`), the default
-    replayed as a CUDA graph (``Plan.graph``), and where ``persistent`` is the default the ``gemm``
-    path replayed so (:func:`graph_plan`). Not ``gemm`` launched step by step, or ``stepwise``:
-    launch-bound, slower at every size measured."""
+    and each with its backward on 4 warps (:func:`narrow_backward`). Not ``gemm`` launched step
+    by step, or ``stepwise``: launch-bound, slower at every size measured. No graph plans
+    (``Plan.graph``): :func:`tune` times a call over the same tensors, where they replay, but a
+    training loop's tensors move from call to call, where they would run eagerly."""
     HP = _hp(hidden_size)
     plans = [plan_for(mode, batch, hidden_size, dtype)]
     if _w_hh_bytes(mode, hidden_size, dtype) <= SPLIT_MAX_BYTES:  # W_hh on chip, past the default's bound
@@ -424,9 +462,8 @@ def candidate_plans(mode: str, batch: int, hidden_size: int, dtype: torch.dtype)
     # forward at every size (Triton 3.6 and 3.9), except for the RNN, which has no gates to join
     plans += [side_by_side(p, mode) or p for p in (k_sliced(p, hidden_size) for p in splits)]
     plans += [narrow_backward(p, mode, batch, hidden_size, dtype) for p in plans if p and p.path == "split"]
-    plans.append(dataclasses.replace(plans[0], graph=True))  # without the host's per-call work
-    if plans[0].path == "persistent":  # steps that are real matrix products: cuBLAS, graphed
-        plans.append(graph_plan(mode, batch, hidden_size, dtype))
+    # no graph plans: timed over the same tensors call after call they replay, but a training
+    # loop's tensors move (Plan.graph), so the plan tune picks would run eagerly there
     return list(dict.fromkeys(p for p in plans if p is not None))
 
 
