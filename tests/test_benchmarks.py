@@ -219,3 +219,29 @@ def test_compile_check_specialises_pointers_and_sixteen_divisible_sizes(monkeypa
     marked = {fn.arg_names[i] for (i,) in cc.specialised(fn, sig, 64)}
     assert marked == {n for n in fn.arg_names if n.endswith("_ptr")} | {"H"}
     assert "H" not in {fn.arg_names[i] for (i,) in cc.specialised(fn, sig, 24)}
+
+
+def test_host_profile_reports_where_a_calls_host_time_goes(tmp_path):
+    # benchmarks/host_profile.py, as gpu_check.sh runs it, on the CPU (the interpreter's launches
+    # stand in for the GPU's: the numbers mean nothing, the report's shape is what is checked)
+    out = tmp_path / "host_gpu.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "host_profile.py"), "--calls", "1", "--top", "5"]
+    proc = subprocess.run(
+        [*cmd, "--points", "lstm fp32 3 4 8 16;gru bf16 2 3 8 40", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    points = json.loads(out.read_text())["points"]
+    assert [(p["mode"], p["dtype"], p["H"]) for p in points] == [("lstm", "fp32", 16), ("gru", "bf16", 40)]
+    for p in points:
+        assert p["host_us"] > 0 and len(p["top"]) == 5
+        assert sum(p["by_area"].values()) <= p["host_us"] * 1.05  # own times add up to the call
+        assert [r["own_us"] for r in p["top"]] == sorted((r["own_us"] for r in p["top"]), reverse=True)
+        assert "triton" in p["by_area"] and "rnnkit" in p["by_area"]
+    assert "lstm fp32 B=3 T=4 I=8 H=16: host" in proc.stdout
+    bad = subprocess.run([*cmd, "--points", "lstm fp64 3 4 8 16"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "expected 'mode dtype B T I H'" in bad.stderr
