@@ -165,30 +165,29 @@ class Plan:
     backward keeps TF32: gate gradients need float32's range. Not a default: not timed on a
     GPU yet, and there the RNN's results differ from the exact emulation by 1e-3 (LSTM and GRU
     within 5e-5; found in session 17, not diagnosed). ``graph``: each call's launches (forward:
-    bias folding, input projection, state
-    copies, kernels; backward: kernels and the gradient products) are captured once as a CUDA
-    graph and replayed on later calls over the same buffers (:mod:`._graphs`). It takes the
-    host's per-call work off the GPU's critical path: about 1 ms a forward + backward on the
-    lent H100 (run 5b's times fit ``T`` x per-step + 0.8-1.3 ms), a third of the call at
-    ``T`` = 64-256; and, for ``gemm``, its ~40 us a step of host launches. Timed over the same
-    tensors call after call (run 6), it cut the default's time at 52 of 54 points (median 0.86x).
-    But a graph replays only a call whose tensors sit where the captured ones did, and in a
-    training loop they do not: a language model's 12 steps replayed none of their 24 calls on
-    the H100 (the embeddings, the carried state and the engine's own buffers land elsewhere each
-    step), and a capture keeps 64 MiB of library workspace. So not a default, and :func:`tune`
-    does not try it. ``k_slices`` (``split`` only): each step's recurrent product, forward
-    and backward, with its reduction over ``H`` in that many slices: one 3-d product whose warps
-    split over the slices, summed on chip (forward LSTM and GRU: the gates side by side in it;
-    :func:`k_sliced`). A ``split`` program's product is ``(block_b, H) @ (H, block_h)`` per gate;
-    on 8 warps Triton's mma layout spreads the warps over that 16-row by ``block_h``-column
-    output alone, so at ``block_h`` 16 all eight warps compute the same tile, gate arithmetic
-    included (32: two copies of each), each holding the whole ``H``-deep operands. Sliced, no warp
-    repeats another's work. Compiled for sm_90 (``benchmarks/compile_check.py``; SASS per thread
-    and step), LSTM fp32 ``H`` = 512: forward 1248 instructions instead of 2600 (64 mma instead
-    of 512, no spill instead of 16 bytes), backward 1608 instead of 3256 (64 mma instead of 512,
-    116 bytes spilled instead of 132); GRU fp32 ``H`` = 512's forward spills nothing instead of 544
-    bytes. The default's backward where a program's slice is 16 columns (:func:`refined_split`).
-    ``bwd_warps``: the backward's warps per
+    bias folding, input projection, state copies, kernels; backward: kernels and the gradient
+    products) are captured once as a CUDA graph and replayed on later calls over the same buffers
+    (:mod:`._graphs`). It takes the host's per-call work off the GPU's critical path: about 1 ms a
+    forward + backward on the lent H100 (run 5b's times fit ``T`` x per-step + 0.8-1.3 ms), a
+    third of the call at ``T`` = 64-256; and, for ``gemm``, its ~40 us a step of host launches.
+    Timed over the same tensors call after call (run 6), it cut the default's time at 52 of 54
+    points (median 0.86x). But a graph replays only a call whose tensors sit where the captured
+    ones did, and in a training loop they do not: a language model's 12 steps replayed none of
+    their 24 calls on the H100 (the embeddings, the carried state and the engine's own buffers
+    land elsewhere each step), and a capture keeps 64 MiB of library workspace. So not a default,
+    and :func:`tune` does not try it. ``k_slices`` (``split`` only): each step's recurrent
+    product, forward and backward, with its reduction over ``H`` in that many slices: one 3-d
+    product whose warps split over the slices, summed on chip (forward LSTM and GRU: the gates
+    side by side in it; :func:`k_sliced`). A ``split`` program's product is
+    ``(block_b, H) @ (H, block_h)`` per gate; on 8 warps Triton's mma layout spreads the warps
+    over that 16-row by ``block_h``-column output alone, so at ``block_h`` 16 all eight warps
+    compute the same tile, gate arithmetic included (32: two copies of each), each holding the
+    whole ``H``-deep operands. Sliced, no warp repeats another's work. Compiled for sm_90
+    (``benchmarks/compile_check.py``; SASS per thread and step), LSTM fp32 ``H`` = 512: forward
+    1248 instructions instead of 2600 (64 mma instead of 512, no spill instead of 16 bytes),
+    backward 1608 instead of 3256 (64 mma instead of 512, 116 bytes spilled instead of 132); GRU
+    fp32 ``H`` = 512's forward spills nothing instead of 544 bytes. The default's backward where a
+    program's slice is 16 columns (:func:`refined_split`). ``bwd_warps``: the backward's warps per
     program (0: ``num_warps``; :func:`narrow_backward`). ``side_gates`` (``split`` only): the
     forward's recurrent product of every gate as one 2-d product, the gates' weight slices side
     by side, ``(block_b, H) @ (H, 4 block_h)``, in two independent halves of the reduction
@@ -420,7 +419,9 @@ def graph_plan(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> P
     """The ``gemm`` plan whose calls replay as CUDA graphs (``Plan.graph``): each step one
     library matrix product and one cell kernel, without the host's launch work. Meant for steps
     that are real matrix products (B = 256, H = 1024: about 2 GFLOP a step), where the one-launch
-    ``persistent`` kernels' mma.sync products fall behind cuBLAS."""
+    ``persistent`` kernels' mma.sync products fall behind cuBLAS. Over the same tensors call
+    after call it ran 0.65-0.96x cuDNN's time there on the H100 (run 6), but in a training loop,
+    where the tensors move and nothing replays, it is the launch-bound ``gemm`` path."""
     return dataclasses.replace(plan_for(mode, batch, hidden_size, dtype, "gemm"), graph=True)
 
 
