@@ -339,13 +339,30 @@ def loo_errors(x, y):
     return out
 
 
-def calibrate(measured: dict) -> dict:
+def _fitted_impls(row: dict, all_impls: bool) -> list[dict]:
+    """The Triton timings of ``row`` a fit takes: its default's, or with ``all_impls`` every
+    variant's too that ran on a modelled path without a CUDA graph (a graph takes the host's
+    launch work off a call, which the per-path fixed cost stands for) and without an error."""
+    impls = [i for i in row["impls"] if i.get("default") or (all_impls and "plan" in i)]
+    return [
+        i
+        for i in impls
+        if i["plan"]["path"] in PATHS
+        and not i["plan"].get("graph")
+        and "error" not in i
+        and "us_per_step" in i
+    ]
+
+
+def calibrate(measured: dict, all_impls: bool = False) -> dict:
     """Fit a ``bench_gpu.py`` run's default Triton times (µs per step, forward + backward) as
     ``a`` x (modelled cycles of both kernels) + ``fixed[path]`` / ``T`` + ``g[dtype]`` x
     (:func:`library_gflop` per step): ``a`` in ns per model cycle (``1 / a`` the clock the model's
     cycles run at), ``fixed`` the µs a call costs beyond its steps, per path (their launches
     differ), ``g`` the µs per GFLOP of the library products (float32 or 16-bit). Points on other
-    paths than :data:`PATHS` are left out."""
+    paths than :data:`PATHS` are left out. ``all_impls``: every variant's time too (each point
+    then names its ``impl``; ``default`` marks the default's), which pins the fit down with the
+    kernels a variant changes: run 6 timed seven variants beside the default."""
     import numpy as np
 
     from bench_gpu import DTYPES
@@ -353,32 +370,32 @@ def calibrate(measured: dict) -> dict:
 
     points, cache = [], {}
     for row in measured["rows"]:
-        default = next((i for i in row["impls"] if i.get("default")), None)
-        if default is None or default["plan"]["path"] not in PATHS:
-            continue
-        plan = te.Plan(**default["plan"])
-        key = (row["mode"], row["dtype"], row["H"], plan)
-        if key not in cache:
-            cache[key] = model_plan(row["mode"], row["B"], row["H"], DTYPES[row["dtype"]], plan)
-        m = cache[key]
-        cycles = m["forward"]["cycles"] + m["backward"]["cycles"]
-        gflop = library_gflop(row["mode"], row["B"], row["I"], row["H"])
-        kind = "fp32" if row["dtype"] == "fp32" else "16-bit"
-        points.append(
-            {k: row[k] for k in POINT}
-            | {
-                "path": plan.path,
-                "measured_us": round(default["us_per_step"], 3),
-                "model_cycles": {"forward": m["forward"]["cycles"], "backward": m["backward"]["cycles"]},
-                "library_gflop": round(gflop, 5),
-                "stalls": {"forward": m["forward"]["stalls"], "backward": m["backward"]["stalls"]},
-                "_x": (
-                    cycles / 1000.0,
-                    *((1000.0 / row["T"]) * (plan.path == p) for p in PATHS),
-                    *(gflop * (kind == k) for k in PRODUCT_DTYPES),
-                ),
-            }
-        )
+        for impl in _fitted_impls(row, all_impls):
+            plan = te.Plan(**impl["plan"])
+            key = (row["mode"], row["dtype"], row["H"], plan)
+            if key not in cache:
+                cache[key] = model_plan(row["mode"], row["B"], row["H"], DTYPES[row["dtype"]], plan)
+            m = cache[key]
+            cycles = m["forward"]["cycles"] + m["backward"]["cycles"]
+            gflop = library_gflop(row["mode"], row["B"], row["I"], row["H"])
+            kind = "fp32" if row["dtype"] == "fp32" else "16-bit"
+            points.append(
+                {k: row[k] for k in POINT}
+                | {
+                    "impl": impl["impl"],
+                    "default": bool(impl.get("default")),
+                    "path": plan.path,
+                    "measured_us": round(impl["us_per_step"], 3),
+                    "model_cycles": {"forward": m["forward"]["cycles"], "backward": m["backward"]["cycles"]},
+                    "library_gflop": round(gflop, 5),
+                    "stalls": {"forward": m["forward"]["stalls"], "backward": m["backward"]["stalls"]},
+                    "_x": (
+                        cycles / 1000.0,
+                        *((1000.0 / row["T"]) * (plan.path == p) for p in PATHS),
+                        *(gflop * (kind == k) for k in PRODUCT_DTYPES),
+                    ),
+                }
+            )
     x = np.array([p.pop("_x") for p in points])
     y = np.array([p["measured_us"] for p in points])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
@@ -426,7 +443,8 @@ def predict(measured: dict, fit: dict, names: tuple[str, ...] = PREDICTED) -> li
     from bench_gpu import DTYPES, _variant_plan
     from rnnkit.engine import triton_engine as te
 
-    modelled = {tuple(p[k] for k in POINT): p for p in fit["points"]}
+    # the measured default at each point (a fit over every variant holds theirs too)
+    modelled = {tuple(p[k] for k in POINT): p for p in fit["points"] if p.get("default", True)}
     out, cache = [], {}
     for row in measured["rows"]:
         point = modelled.get(tuple(row[k] for k in POINT))
@@ -473,6 +491,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="model the compile_check variants whose first use contains this")
     ap.add_argument("--calibrate", type=Path, help="fit the model to a bench_gpu.py JSON (run on its code)")
+    ap.add_argument(
+        "--all-impls",
+        action="store_true",
+        help="--calibrate on every variant's time, not the default's alone",
+    )
     ap.add_argument("--predict", type=Path, help="a --calibrate result: predict the variants from it")
     ap.add_argument("--measured", type=Path, help="the bench_gpu.py JSON that --predict's fit was made on")
     ap.add_argument(
@@ -482,9 +505,9 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     if args.calibrate:
-        result = calibrate(json.loads(args.calibrate.read_text()))
+        result = calibrate(json.loads(args.calibrate.read_text()), all_impls=args.all_impls)
         for p in result["points"]:
-            where = f"{p['mode']} {p['dtype']} B={p['B']} T={p['T']} H={p['H']} {p['path']}"
+            where = f"{p['mode']} {p['dtype']} B={p['B']} T={p['T']} H={p['H']} {p['impl']} ({p['path']})"
             print(f"{where}: measured {p['measured_us']:.2f} µs, fitted {p['fitted_us']:.2f} µs")
         print(
             f"{result['ns_per_model_cycle']} ns per model cycle (a {result['model_clock_ghz']} GHz clock), "

@@ -125,6 +125,10 @@ def test_calibration_recovers_a_known_fit_and_predicts_a_variant(tmp_path):
         impls = [
             {"impl": "cudnn", "us_per_step": 2 * us},
             {"impl": "triton:resident", "us_per_step": us, "plan": plan, "default": True},
+            # a variant on the same kernels (--all-impls fits it too), and a graphed one, whose
+            # fixed cost is not the path's (left out: were it in, the fit would not be exact)
+            {"impl": "triton:again", "us_per_step": us, "plan": plan},
+            {"impl": "triton:graph", "us_per_step": us - 700 / T, "plan": plan | {"graph": True}},
         ]
         rows.append(
             {
@@ -143,7 +147,7 @@ def test_calibration_recovers_a_known_fit_and_predicts_a_variant(tmp_path):
     fit_path, predicted_path = tmp_path / "fit.json", tmp_path / "predicted.json"
     script = str(ROOT / "benchmarks" / "step_model.py")
     for cmd in (
-        [script, "--calibrate", str(measured), "--out", str(fit_path)],
+        [script, "--calibrate", str(measured), "--all-impls", "--out", str(fit_path)],
         [script, "--predict", str(fit_path), "--measured", str(measured), "--out", str(predicted_path)]
         + ["--variants", "default,resident_wide"],
     ):
@@ -155,7 +159,11 @@ def test_calibration_recovers_a_known_fit_and_predicts_a_variant(tmp_path):
     assert fit["us_per_library_gflop"]["fp32"] == pytest.approx(20, rel=5e-3)
     assert fit["loo_median_abs_rel_error"] < 1e-3  # exact data: every point predicted by the rest
     assert fit["model_clock_ghz"] == pytest.approx(2.0, rel=1e-3)
-    assert [p["model_cycles"] for p in fit["points"]] == [model_cycles] * 4
+    assert [p["model_cycles"] for p in fit["points"]] == [model_cycles] * 8
+    assert [(p["impl"], p["default"]) for p in fit["points"][:2]] == [
+        ("triton:resident", True),
+        ("triton:again", False),
+    ]
     first = fit["points"][0]["fitted_parts_us"]  # T = 64, I = 1024
     assert first["per_call"] == pytest.approx(800 / 64, abs=0.01)
     assert first["time_loop"] == pytest.approx(0.5 * cycles / 1000, abs=0.01)
