@@ -27,15 +27,19 @@ the kernels that ran measured (``git checkout <commit> -- src/rnnkit/engine/trit
 first; ``modelled_code`` records whose they were), and splits each point's fitted time into
 those three parts. ``--predict`` then gives each variant's time at each measured point on
 today's code: the measured default plus the fitted ns per cycle times the difference in
-modelled cycles, and the fixed cost per call at which it would meet its target. Run 5b fits with
-R^2 0.94 over its 50 resident and split points (median error 11 %; 13 % for a point left out of
-the fit), at 0.51 ns per model cycle: the model's cycles run at 1.96 GHz, the H100's clock
-(``results/step_model.json``). It ranks variants and kernel
-changes between GPU sessions; it does not replace timing them.
+modelled cycles, and the fixed cost per call at which it would meet its target. Run 5b fitted
+with R^2 0.94 over its 50 resident and split defaults (median error 11 %; 13 % for a point left
+out of the fit), at 0.51 ns per model cycle (the model's cycles at 1.96 GHz, the H100's clock).
+Run 6 with ``--all-impls`` fits 205 timings, the default's and six variants' (the graphed ones
+left out), with R^2 0.97 and a median error of 10 % (10 % left out), at 0.59 ns per model cycle
+(a 1.70 GHz clock: with the variants' kernels in the fit, a model cycle stands for more time);
+1.26-1.36 ms per call; 13.6 and 6.7 µs per GFLOP of fp32 and 16-bit library products
+(``results/step_model.json``). It ranks variants and kernel changes between GPU sessions; it
+does not replace timing them.
 
     PYTHONPATH=src python benchmarks/step_model.py --only "lstm fp32 B=8 H=64"
     PYTHONPATH=src python benchmarks/step_model.py --calibrate benchmarks/results/gpu.json \\
-        --out benchmarks/results/step_model.json   # on the measured code
+        --all-impls --out benchmarks/results/step_model.json   # on the measured code
     PYTHONPATH=src python benchmarks/step_model.py --predict benchmarks/results/step_model.json \\
         --measured benchmarks/results/gpu.json --out benchmarks/results/step_model_predicted.json
 """
