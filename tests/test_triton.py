@@ -957,6 +957,8 @@ def test_gpu_graph_plans_in_a_training_loop_train_as_eager_plans(monkeypatch, mo
 
 GPU_CASES = [(path, dtype) for path in te.PATHS for dtype in (torch.float32, torch.bfloat16)]
 GPU_CASES.append(("resident", torch.float16))
+# and the default plan, where it is a split plan refined_split changed (a forced path is plain)
+GPU_CASES += [("default", torch.float32), ("default", torch.bfloat16)]
 
 
 @needs_cuda
@@ -969,7 +971,9 @@ def test_gpu_larger_sizes(mode, path, dtype):
     B, T = 37, 29  # three 16-row tiles, the last ragged
     lengths = [(7 * b) % T + 1 for b in range(B)]
     lengths[5] = T
-    plan = te.plan_for(mode, B, H, dtype, path)
+    plan = te.plan_for(mode, B, H, dtype, None if path == "default" else path)
+    if path == "default" and mode != "rnn":  # LSTM: side by side, 4-warp backward; GRU: the latter
+        assert plan.path == "split" and plan.bwd_warps == 4 and plan.side_gates == (mode == "lstm")
     _check(mode, B, T, 33, H, dtype, plan, lengths=lengths)
 
 
