@@ -456,9 +456,8 @@ def _variant_plan(name: str, mode: str, B: int, H: int, dtype: torch.dtype):
     if name == "resident_wide":
         return te.wide_resident(mode, B, H, dtype)
     if name == "plain":  # the default's path without refined_split's changes (where it made some)
-        default = te.plan_for(mode, B, H, dtype)
-        plain = te.plan_for(mode, B, H, dtype, default.path)
-        return plain if plain != default else None
+        plain = te.plan_for(mode, B, H, dtype, te.default_path(mode, B, H, dtype))
+        return plain if plain != te.plan_for(mode, B, H, dtype) else None
     if name == "w16bw4":
         plan = _variant_plan("w16", mode, B, H, dtype)
         return None if plan is None else te.narrow_backward(plan, mode, B, H, dtype)

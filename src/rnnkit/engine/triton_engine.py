@@ -101,6 +101,7 @@ __all__ = [
     "Plan",
     "candidate_plans",
     "plan_for",
+    "default_path",
     "refined_split",
     "w16_plan",
     "graph_plan",
@@ -268,6 +269,14 @@ def split_plan(
     return Plan("split", block_b, block_h, block_k=16, num_warps=8, num_stages=1)
 
 
+def default_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) -> str:
+    """The path :func:`plan_for` picks: ``resident`` where ``W_hh`` fits one program, else
+    ``split`` where its slices fit, else ``persistent``."""
+    if _w_hh_bytes(mode, hidden_size, dtype) <= RESIDENT_MAX_BYTES:
+        return "resident"
+    return "split" if split_plan(mode, batch, hidden_size, dtype) is not None else "persistent"
+
+
 def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: str | None = None) -> Plan:
     """The default :class:`Plan` for ``mode`` at batch ``batch`` and hidden size ``hidden_size``;
     ``path`` forces a path (the block sizes still follow the size; a forced ``split`` plan is the
@@ -281,14 +290,8 @@ def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: 
     HP = _hp(hidden_size)
     block_b = 16 if batch <= 128 else 32
     if path is None:
-        if _w_hh_bytes(mode, hidden_size, dtype) <= RESIDENT_MAX_BYTES:
-            path = "resident"
-        elif split_plan(mode, batch, hidden_size, dtype) is not None:
-            return refined_split(
-                plan_for(mode, batch, hidden_size, dtype, "split"), mode, batch, hidden_size, dtype
-            )
-        else:
-            path = "persistent"
+        plain = plan_for(mode, batch, hidden_size, dtype, default_path(mode, batch, hidden_size, dtype))
+        return refined_split(plain, mode, batch, hidden_size, dtype)
     if path == "resident":
         # the time loop's loads (next step's projections) may be pipelined
         return Plan("resident", block_b, HP, HP, num_warps=4 if HP <= 64 else 8, num_stages=2)
@@ -357,8 +360,8 @@ def backward_plan(plan: Plan, mode: str, batch: int, hidden_size: int, dtype: to
     was; on ``plan.bwd_warps`` warps where that is set. ``side_gates`` is the forward's alone."""
     out = dataclasses.replace(plan, side_gates=False) if plan.side_gates else plan
     if plan.half_w:
-        default = plan_for(mode, batch, hidden_size, dtype)  # on its plain slices: as the forward's
-        out = dataclasses.replace(default, graph=plan.graph, side_gates=False, k_slices=1, bwd_warps=0)
+        plain = plan_for(mode, batch, hidden_size, dtype, default_path(mode, batch, hidden_size, dtype))
+        out = dataclasses.replace(plain, graph=plan.graph)
         out = k_sliced(out, hidden_size) if plan.k_slices > 1 and out.path == "split" else out
     return dataclasses.replace(out, num_warps=plan.bwd_warps) if plan.bwd_warps else out
 
