@@ -1,7 +1,7 @@
 """Host work of one Triton-engine call (forward + backward), measured on the CPU.
 
 On a GPU, a call whose kernels are short waits for the host to issue its work: Python, autograd,
-allocations and about 20 launches. This runs the engine's host side alone, every kernel replaced
+allocations and 8-22 launches. This runs the engine's host side alone, every kernel replaced
 by a no-op (under ``TRITON_INTERPRET=1``, on tiny CPU tensors), and reports per plan:
 
 - ``eager_us``: one forward + backward as the engine runs it now (the default plan, no graph);

@@ -45,8 +45,10 @@ except ImportError:
 
 NVIDIA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"  # Triton's ptxas, nvdisasm
 H100_SMEM = 232448  # bytes of shared memory one block may use on sm_90
-FP32_BUFFERS = {"hbuf_ptr", "cbuf_ptr", "hn_ptr", "cn_ptr", "direct_ptr", "dc_ptr", "dh0_ptr", "dc0_ptr"}
-FP32_BUFFERS |= {"dhn_ptr", "dcn_ptr", "hst_ptr", "cst_ptr"}
+#: the kernels' fp32 workspaces (the resident and split kernels read and write the states and their
+#: gradients in the layer's dtype; the blocked ones write ``dh0`` in fp32)
+FP32_BUFFERS = {"hbuf_ptr", "cbuf_ptr", "direct_ptr", "dc_ptr", "hst_ptr", "cst_ptr"}
+FP32_BUFFERS_OF = {"bwd_blocked_kernel": {"dh0_ptr"}}
 TL_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 #: kernels whose time loop is one loop of steps, which :func:`step_model.simulate` models (the
 #: blocked kernels' innermost loop is their reduction, not a step)
@@ -58,7 +60,7 @@ def signature(fn, dtype: str, constexprs: dict) -> dict:
     ``W_hh`` and the exchanged ``h`` in float16 (``Plan.half_w``)."""
     if dtype == "fp32+w16":
         sig = signature(fn, "fp32", constexprs)
-        return sig | {k: "*fp16" for k in ("w_ptr", "hx_ptr") if k in sig}
+        return sig | {k: "*fp16" for k in ("w_ptr", "hx_ptr", "hfirst_ptr") if k in sig}
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -67,7 +69,7 @@ def signature(fn, dtype: str, constexprs: dict) -> dict:
             sig[name] = "*i64"
         elif name == "bar_ptr":
             sig[name] = "*i32"
-        elif name in FP32_BUFFERS:
+        elif name in FP32_BUFFERS or name in FP32_BUFFERS_OF.get(fn.__name__, ()):
             sig[name] = "*fp32"
         elif name.endswith("_ptr"):
             sig[name] = "*" + dtype

@@ -692,6 +692,73 @@ def test_outputs_do_not_alias_and_state_dtype_follows_input():
     assert out.shape == (4, 3, 16) and h.shape == c.shape == (3, 16)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("used", ["out", "final", "last"])
+@pytest.mark.parametrize("path", te.PATHS)
+@pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
+def test_outputs_left_out_of_the_loss(mode, path, used, dtype):
+    """Outputs that no loss uses reach the backward as ``None`` (no zeros made for them): only
+    the output, only the final state, or only the last state tensor (LSTM: ``c_n``); gradients
+    as the reference's, also in bfloat16, where the final state's gradients arrive and ``dh0``
+    and ``dc0`` leave in that dtype."""
+    x, state, weights = _problem(mode, 3, 6, 5, 24, dtype)
+    leaves = [x, *state, *weights]
+    lens = torch.tensor([6, 2, 5])
+    plan = _plan(mode, path, dtype)
+    results = []
+    for engine, kw in ((te.run, {"plan": plan}), (reference.run, {})):
+        out, fin = engine(mode, x, state, weights, lens, **kw)
+        picked = {"out": [out], "final": list(fin), "last": [fin[-1]]}[used]
+        g = torch.Generator().manual_seed(5)
+        loss = sum((t.float() * torch.randn(t.shape, generator=g).to(t.device)).sum() for t in picked)
+        results.append(torch.autograd.grad(loss, leaves))
+    ours, theirs = results
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        tol = 2e-5 if dtype == torch.float32 else 3e-2
+        assert _rel_err(a, b) < tol
+
+
+@pytest.mark.parametrize("frozen", ["bias_ih", "bias_hh", "none"])
+@pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
+def test_bias_gradients_one_product_whichever_bias_trains(mode, frozen):
+    """Both biases' gradients come from one product (views of one result for LSTM and RNN,
+    GRU's hidden side gathered from its slots); with either bias frozen the other's is still
+    the reference's, and two gradients never share memory."""
+    x, state, weights = _problem(mode, 3, 5, 4, 24, torch.float32)
+    if frozen != "none":
+        getattr(weights, frozen).requires_grad_(False)
+    leaves = [t for t in (x, *state, *weights) if t.requires_grad]
+    lens = torch.tensor([5, 1, 3])
+    grads = []
+    for engine, kw in ((te.run, {"plan": _plan(mode, "split", torch.float32)}), (reference.run, {})):
+        out, fin = engine(mode, x, state, weights, lens, **kw)
+        g = torch.Generator().manual_seed(2)
+        ups = [torch.randn(t.shape, generator=g) for t in (out, *fin)]
+        grads.append(torch.autograd.grad([out, *fin], leaves, ups))
+    for a, b in zip(*grads, strict=True):
+        assert _rel_err(a, b) < 2e-5
+    ours = grads[0]
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in ours)
+    assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+
+
+def test_the_backward_is_given_none_for_unused_outputs(monkeypatch):
+    """The engine asks autograd not to fill unused outputs' gradients with zeros (a launch each)."""
+    seen = []
+    backward = te._TritonLayer.backward
+
+    def spy(ctx, dout, dh_n, dc_n=None):
+        seen.append((dout is None, dh_n is None, dc_n is None))
+        return backward(ctx, dout, dh_n, dc_n)
+
+    monkeypatch.setattr(te._TritonLayer, "backward", staticmethod(spy))
+    x, state, weights = _problem("lstm", 3, 4, 5, 16, torch.float32)
+    out, (h, c) = te.run("lstm", x, state, weights)
+    out.sum().backward()
+    assert seen == [(False, True, True)]
+
+
 @pytest.mark.parametrize(
     "mode, path", [("lstm", "resident"), ("gru", "split"), ("lstm", "gemm"), ("rnn", "split")]
 )

@@ -22,6 +22,15 @@ Five paths (see :class:`Plan`), chosen by :func:`plan_for`:
 - ``stepwise``: any ``H``; one launch per step with programs split over batch tiles and hidden
   blocks (no program waits on another, so it is correct on every backend, the interpreter too).
 
+Few launches a call: on a GPU, a call whose kernels are short waits for the host to issue its
+work (about 1 ms of a forward + backward's fixed cost on the lent H100 was host time). The
+resident and split kernels read ``h0``/``c0`` and the final state's gradients where they are and
+write the final state, ``dh0`` and ``dc0`` in the caller's dtype (no copies in or out); GRU's
+``b_hn`` is read in place; both biases' gradients come from one product, and the ``W_hh``
+gradient from one product over the state before each step (``out`` is preceded in memory by a
+row holding ``h0``); outputs that no loss uses reach the backward as ``None``, not as zeros. A
+split LSTM forward + backward launches 10 kernels (17, or 19 in bf16, before).
+
 With ``Plan.graph`` a call's launches, on any path, are captured as a CUDA graph the second time
 the same call (same buffers) comes, and replayed after (:mod:`._graphs`). Every tensor is
 allocated before the launches, so the graph never owns a result.
@@ -141,8 +150,13 @@ def _sm_count() -> int:
     """Multiprocessors of the current CUDA device (132 on an H100 SXM when there is none: the
     interpreter never waits, so the number only shapes the plan)."""
     if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+        return _sm_count_of(torch.cuda.current_device())
     return 132
+
+
+@functools.cache
+def _sm_count_of(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @dataclass(frozen=True)
@@ -682,13 +696,14 @@ def _hidden_side(dg: Tensor, w_hh: Tensor, mode: str) -> list[tuple[Tensor, Tens
 
 
 def _column_sums(a: Tensor, ones: Tensor, out: Tensor) -> None:
-    """Column sums of ``a`` ``(N, C)`` (a view, rows possibly strided) into ``out`` ``(C,)``, in
-    ``a``'s dtype, as a matrix-vector product with ``ones`` ``(N,)``: cuBLAS accumulates in fp32
+    """Column sums of ``a`` ``(N, C)`` (a view, rows possibly strided) into each row of ``out``
+    ``(k, C)``, in ``a``'s dtype, as one matrix product with ``ones`` ``(k, N)`` (``k`` = 2: both
+    biases' gradients of an LSTM or RNN, equal, in one launch): cuBLAS accumulates in fp32
     (split-K partial sums may be combined in fp16/bf16 where torch allows reduced-precision
     reductions, its default). ``torch.sum`` over the tall dimension took a staging buffer of up
     to about 130 MiB on an H100, the largest block live at the backward's peak
     (benchmarks/gpu_memory.py, run 5); the product needs none."""
-    torch.mv(a.t(), ones, out=out)
+    torch.mm(ones, a, out=out)
 
 
 def _flags(mode: str, nonlinearity: str, dtype: torch.dtype) -> dict:
@@ -786,7 +801,8 @@ _SHARED: dict[tuple, list[Tensor]] = {}
 def _shared_full(n: int, value: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``(n,)`` filled with ``value``, shared and never written: lengths past any ``T`` for calls
     without ``lengths`` (the kernels only compare ``t < lens``), the ones of the bias gradients'
-    column sums. So calls launch no fill, and a graph plan's key sees the same address each call.
+    column sums, the zeros that stand for a final state's gradient that never came. So calls
+    launch no fill, and a graph plan's key sees the same address each call.
     Grown as sizes grow; the smaller ones are kept, as a kernel on another stream may still read
     them (at most twice the largest in all)."""
     kept = _SHARED.setdefault((value, dtype, device), [])
@@ -801,19 +817,20 @@ def _shared_full(n: int, value: int, dtype: torch.dtype, device: torch.device) -
     return kept[-1][:n]
 
 
-def _replayable(plan: Plan, launches, device: torch.device, given: tuple, owned: tuple) -> None:
+def _replayable(plan: Plan, launches, device: torch.device, tensors) -> None:
     """Run one call's ``launches``: eagerly, or for a ``graph`` plan as a CUDA graph once the
     same call repeats (:mod:`._graphs`). ``launches`` only write tensors allocated before it (a
-    graph replays into the same memory, so nothing it makes may outlive it). Between them,
-    ``given`` and ``owned`` name every tensor it reaches: ``given`` the caller's tensors and
-    every other argument that shapes the call, ``owned`` the tensors the call allocated, whose
-    layouts ``given`` and the plan decide (:func:`call_key`). The plan, the precision of fp32
-    products and the current stream (graphs on one stream share their pool) complete the key."""
+    graph replays into the same memory, so nothing it makes may outlive it). ``tensors()``
+    returns ``(given, owned)``, which between them name every tensor it reaches: ``given`` the
+    caller's tensors and every other argument that shapes the call, ``owned`` the tensors the
+    call allocated, whose layouts ``given`` and the plan decide (:func:`call_key`); built only for
+    graph plans. The plan, the precision of fp32 products and the current stream (graphs on one
+    stream share their pool) complete the key."""
     if not plan.graph:
         launches()
         return
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
-    key = (plan, cudnn_rnn_tf32(), device, stream, call_key(given, owned))
+    key = (plan, cudnn_rnn_tf32(), device, stream, call_key(*tensors()))
     GRAPHS.run(key, launches, device, family=plan.path)
 
 
@@ -826,8 +843,14 @@ def _split_options(plan: Plan, H: int, flags: dict) -> dict:
     """The split kernels' compile-time arguments (``NK`` and ``SIDE`` only where set: other calls
     keep the kernels they compiled before ``Plan.k_slices`` and ``Plan.side_gates``). A
     ``side_gates`` forward takes ``SIDE`` instead of ``NK`` (``backward_plan`` drops it, so the
-    backward takes ``NK``)."""
-    options = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
+    backward takes ``NK``). Built once per plan, size and switches (a shared dict: not to be
+    changed)."""
+    return _split_options_for(plan, _hp(H), tuple(flags.items()))
+
+
+@functools.cache
+def _split_options_for(plan: Plan, HP: int, flags: tuple) -> dict:
+    options = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=HP, **_launch(plan), **dict(flags))
     if plan.side_gates:
         options["SIDE"] = True
     elif plan.k_slices > 1:
@@ -856,10 +879,16 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
     bias = torch.empty(G, dtype=dt, device=dev) if has_bias else None
     # the gate buffer: the input projections of every step (the first G of each row's GW * H)
     xg = torch.empty(T, B, _gate_width(mode) * H, dtype=dt, device=dev)
-    b_hn = torch.empty(H, dtype=dt, device=dev) if mode == "gru" else xg  # the others ignore it
+    b_hn = xg  # GRU's b_hn, read where it is (zeros without b_hh); the others ignore it
+    if mode == "gru":
+        b_hn = b_hh[2 * H :].contiguous() if b_hh is not None else _shared_full(H, 0, dt, dev)
     x2 = x.reshape(T * B, I)  # (T*B, I)
     xg_rows = xg.view(T * B, -1)[:, :G]  # (T*B, G), written in place (library GEMMs take the stride)
-    out = torch.empty(T, B, H, dtype=dt, device=dev)
+    # out (T, B, H), preceded in memory by h0 (the resident and split kernels write it, the host
+    # copies it for the others): the backward's W_hh gradient is then one product over h before
+    # each step (:func:`_h_before`). Detached from the full buffer: not a view to autograd
+    out_full = torch.empty(T + 1, B, H, dtype=dt, device=dev)
+    out = out_full[1:].detach()
     cs = torch.empty(T, B, H, dtype=dt, device=dev) if mode == "lstm" else out
     save = xg if mode != "rnn" else out  # activations over the projections
     c0 = c0 if c0 is not None else h0
@@ -867,18 +896,20 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
     # the recurrent product's weights: half_w reads them in float16 (see Plan)
     w_rec = torch.empty_like(w_hh, dtype=torch.float16) if plan.half_w else w_hh
     state = {}  # path-specific buffers
-    if plan.path == "resident":
-        hn = torch.empty(B, H, dtype=torch.float32, device=dev)
+    if plan.path in ("resident", "split"):
+        # the final state, written by the kernels in the caller's dtype; the interpreter's split
+        # launches (one a step) carry the exact state between them in it: fp32 there
+        carry = plan.path == "split" and INTERPRETED
+        hn = torch.empty(B, H, dtype=torch.float32 if carry else dt, device=dev)
         cn = torch.empty_like(hn) if mode == "lstm" else hn
-    elif plan.path in ("gemm", "split"):
-        hn = torch.empty(B, H, dtype=torch.float32, device=dev)  # the state, frozen past each end
-        cn = torch.empty_like(hn) if mode == "lstm" else hn
-        if plan.path == "gemm":
-            state["gh"] = torch.empty(B, _gate_width(mode) * H, dtype=dt, device=dev)  # gate buffer rows
-        else:
+        if plan.path == "split":
             state["hbuf"] = torch.empty(2, B, H, dtype=w_rec.dtype, device=dev)  # h between programs
             n_h = _cdiv(H, plan.block_h)
             state["groups"] = _barrier_groups(n_btiles, n_h, dev)
+    elif plan.path == "gemm":
+        hn = torch.empty(B, H, dtype=torch.float32, device=dev)  # the state, frozen past each end
+        cn = torch.empty_like(hn) if mode == "lstm" else hn
+        state["gh"] = torch.empty(B, _gate_width(mode) * H, dtype=dt, device=dev)  # gate buffer rows
     else:
         hbuf = torch.empty(2, B, H, dtype=torch.float32, device=dev)
         state["hbuf"] = hbuf
@@ -901,10 +932,6 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
         elif b_hh is not None:
             bias.zero_()
             bias[:n].copy_(b_hh[:n])
-        if mode == "gru" and b_hh is not None:
-            b_hn.copy_(b_hh[n:])
-        elif mode == "gru":
-            b_hn.zero_()
         with _matmul_precision(dt):
             if has_bias:
                 torch.addmm(bias, x2, w_ih.t(), out=xg_rows)
@@ -912,13 +939,16 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
                 torch.mm(x2, w_ih.t(), out=xg_rows)
         if plan.half_w:
             w_rec.copy_(w_hh)
-        if plan.path != "resident":
+        if plan.path not in ("resident", "split"):  # these read h0 and c0 themselves
+            _h_before(out)[:B].copy_(h0.reshape(B, H))
             if "hbuf" in state:
                 state["hbuf"][0].copy_(h0)
-            if plan.path in ("gemm", "split"):
+            if plan.path == "gemm":
                 hn.copy_(h0)
             if mode == "lstm":
                 cn.copy_(c0)
+        elif plan.path == "split" and w_rec.dtype != h0.dtype:
+            state["hbuf"][0].copy_(h0)  # step 0's product reads h in W_hh's dtype (half_w)
         if plan.path == "resident":
             K.fwd_resident_kernel[(n_btiles,)](
                 xg, w_rec, b_hn, h0, c0, lens, out, cs, save, hn, cn, T, B, H,
@@ -938,10 +968,12 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
                     K.fwd_cell_kernel[grid](xg, gh, b_hn, lens, hn, cn, out, cs, save, t, B, H, **common)
         elif plan.path == "split":
             common = _split_options(plan, H, flags)
+            hbuf = state["hbuf"]
+            hfirst = h0 if w_rec.dtype == h0.dtype else hbuf[0]
             for tile0, tiles, bar in state["groups"]:
                 bar.zero_()
                 grid = (tiles * n_h,)
-                args = (xg, w_rec, b_hn, lens, state["hbuf"], hn, cn, out, cs, save, bar, tile0)
+                args = (xg, w_rec, b_hn, lens, h0, c0, hfirst, hbuf, hn, cn, out, cs, save, bar, tile0)
                 if INTERPRETED:
                     for t in range(T):
                         K.fwd_split_kernel[grid](*args, t, t + 1, B, H, n_h, 0, **common)
@@ -973,10 +1005,19 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
 
     _replayable(
         plan, launches, dev,
-        ("fwd", mode, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens),
-        (bias, b_hn, xg, out, cs, w_rec, hn, cn, *_buffers(state)),
+        lambda: (
+            ("fwd", mode, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens),
+            (bias, b_hn, xg, out_full, cs, w_rec, hn, cn, *_buffers(state)),
+        ),
     )  # fmt: skip
     return out, cs, save, hn, cn
+
+
+def _h_before(out: Tensor) -> Tensor:
+    """``(T * B, H)``: the state before each step, ``h0`` then ``out[:-1]``, from the forward's
+    ``out`` ``(T, B, H)`` and the row before it in memory (:func:`_forward`)."""
+    T, B, H = out.shape
+    return out.as_strided((T * B, H), (H, 1), out.storage_offset() - B * H)
 
 
 def _buffers(state: dict) -> list[Tensor]:
@@ -1000,6 +1041,9 @@ class _TritonLayer(torch.autograd.Function):
         w_hh = w_hh.contiguous()
         out, cs, save, hn, cn = _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan)
         ctx.mode, ctx.nonlinearity, ctx.plan = mode, nonlinearity, plan
+        # an output no loss uses reaches the backward as None, not as zeros autograd would make
+        # (a fill each: the final state, in a training loop that only carries it on)
+        ctx.set_materialize_grads(False)
         # the backward writes the gate gradients over ``save`` (LSTM, GRU): a second backward
         # through the same graph (retain_graph) runs the forward kernels again for it
         ctx.save_spent = False
@@ -1033,12 +1077,23 @@ class _TritonLayer(torch.autograd.Function):
         # Every tensor is allocated here, then one closure launches the work (_replayable).
         dout_given = dout is not None
         dout = dout.contiguous() if dout_given else torch.empty_like(out)
-        # the upstream state gradients in fp32: the resident kernel reads them, the others carry
-        # the gradient to the previous step in them
-        dhn = torch.empty(B, H, dtype=torch.float32, device=dev)
-        dcn = torch.empty_like(dhn)
-        dh0 = torch.empty_like(dhn)
-        dc0 = torch.empty_like(dhn) if plan.path == "resident" else dcn
+        direct_io = plan.path in ("resident", "split")
+        if direct_io:
+            # the kernels read the upstream state gradients as they came (zeros where none did)
+            # and write dh0, dc0 in the state's dtype; the interpreter's split launches (one a
+            # step) carry the gradients between them in fp32 buffers
+            missing = dh_n is None or (mode == "lstm" and dc_n is None)
+            zeros = _shared_full(B * H, 0, dt, dev) if missing else None
+            dhn = dh_n.contiguous() if dh_n is not None else zeros
+            dcn = dc_n.contiguous() if dc_n is not None else (zeros if mode == "lstm" else dhn)
+            dh0 = torch.empty_like(h0)
+            dc0 = torch.empty_like(c0) if mode == "lstm" else dh0
+        else:
+            # the others carry the gradient to the previous step in fp32 buffers
+            dhn = torch.empty(B, H, dtype=torch.float32, device=dev)
+            dcn = torch.empty_like(dhn)
+            dh0 = torch.empty_like(dhn)
+            dc0 = dcn
         n_btiles = _cdiv(B, plan.block_b)
         state = {}  # path-specific buffers
         if plan.path == "gemm":
@@ -1047,6 +1102,8 @@ class _TritonLayer(torch.autograd.Function):
         elif plan.path == "split":
             n_h = _cdiv(H, plan.block_h)
             state["groups"] = _barrier_groups(n_btiles, n_h, dev)
+            # direct, dc: read only between launches (the interpreter's)
+            state["carry"] = torch.empty(2, B, H, dtype=torch.float32, device=dev)
         elif plan.path == "persistent":
             hb, n_hp = _blocks_per_program(_cdiv(H, plan.block_h), n_btiles)
             state["groups"] = _barrier_groups(n_btiles, n_hp, dev)
@@ -1058,23 +1115,35 @@ class _TritonLayer(torch.autograd.Function):
         dx = torch.empty(T, B, I, dtype=dt, device=dev) if needs[0] else None
         dw_ih = torch.empty_like(w_ih) if needs[3] else None
         dw_hh = torch.empty_like(w_hh) if needs[4] else None
-        db_ih = torch.empty_like(b_ih) if b_ih is not None and needs[5] else None
-        db_hh = torch.empty_like(b_hh) if b_hh is not None and needs[6] else None
-        ones = _shared_full(T * B, 1, dt, dev) if db_ih is not None or db_hh is not None else None
+        # The bias gradients are column sums of the gate gradients, one product for both: LSTM
+        # and RNN each a row of ``sums`` (the two are equal), GRU's the slots' sums (its input
+        # side's, a view; the hidden side's gathered from them)
+        want_ih, want_hh = b_ih is not None and needs[5], b_hh is not None and needs[6]
+        db_ih = db_hh = sums = ones = None
+        if want_ih or want_hh:
+            k = 1 if mode == "gru" else int(want_ih) + int(want_hh)
+            sums = torch.empty(k, dg2.shape[1] if mode == "gru" else G, dtype=dt, device=dev)
+            ones = _shared_full(k * T * B, 1, dt, dev).view(k, T * B)
+            db_ih = sums[0, :G] if want_ih else None
+            if mode == "gru":
+                db_hh = torch.empty_like(b_hh) if want_hh else None
+            elif want_hh:
+                db_hh = sums[-1]
         dh0_out = dc0_out = None
         if needs[1]:
-            dh0_out = dh0 if h0.dtype == torch.float32 else torch.empty_like(h0)
+            dh0_out = dh0 if dh0.dtype == h0.dtype else torch.empty_like(h0)
         if mode == "lstm" and needs[2]:
-            dc0_out = dc0 if c0.dtype == torch.float32 else torch.empty_like(c0)
+            dc0_out = dc0 if dc0.dtype == c0.dtype else torch.empty_like(c0)
 
         def launches() -> None:
             if not dout_given:
                 dout.zero_()
-            for buf, given in ((dhn, dh_n), (dcn, dc_n)):
-                if given is None:
-                    buf.zero_()
-                else:
-                    buf.copy_(given)
+            if not direct_io:
+                for buf, given in ((dhn, dh_n), (dcn, dc_n)):
+                    if given is None:
+                        buf.zero_()
+                    else:
+                        buf.copy_(given)
             if plan.path == "resident":
                 K.bwd_resident_kernel[(n_btiles,)](
                     w_hh, h0, c0, lens, out, cs, save, dout, dhn, dcn, dg, dh0, dc0, T, B, H,
@@ -1105,10 +1174,12 @@ class _TritonLayer(torch.autograd.Function):
                         dh0.add_(state["part"])
             elif plan.path == "split":
                 common = _split_options(plan, H, flags)
+                carry = state["carry"]
                 for tile0, tiles, bar in state["groups"]:
                     bar.zero_()
                     grid = (tiles * n_h,)
-                    args = (w_hh, h0, c0, lens, out, cs, save, dout, dhn, dcn, dg, dh0, bar, tile0)
+                    args = (w_hh, h0, c0, lens, out, cs, save, dout, dhn, dcn, *carry, dg, dh0, dc0, bar)
+                    args += (tile0,)
                     if INTERPRETED:
                         for u in range(T, 0, -1):
                             K.bwd_split_kernel[grid](*args, u, u - 1, T, B, H, n_h, 0, 0, **common)
@@ -1148,30 +1219,27 @@ class _TritonLayer(torch.autograd.Function):
                 if dw_ih is not None:
                     torch.mm(dgi2.t(), x2, out=dw_ih)
                 if dw_hh is not None:
-                    # h before step t is h0 at t = 0 and out[t - 1] after (where it matters: valid steps)
+                    h_before = _h_before(out)
                     row = 0
                     for a, w in _hidden_side(dg, w_hh, mode):
-                        part = dw_hh[row : row + w.shape[0]]
-                        torch.mm(a[0].t(), h0, out=part)
-                        if T > 1:
-                            part.addmm_(a[1:].reshape((T - 1) * B, -1).t(), out[:-1].reshape((T - 1) * B, H))
+                        torch.mm(a.reshape(T * B, -1).t(), h_before, out=dw_hh[row : row + w.shape[0]])
                         row += w.shape[0]
-            if db_ih is not None:
-                _column_sums(dgi2, ones, db_ih)
-            if db_hh is not None:
-                row = 0
-                for a, w in _hidden_side(dg, w_hh, mode):
-                    _column_sums(a.reshape(T * B, -1), ones, db_hh[row : row + w.shape[0]])
-                    row += w.shape[0]
+            if sums is not None:
+                _column_sums(dg2 if mode == "gru" else dgi2, ones, sums)
+                if db_hh is not None and mode == "gru":
+                    torch.cat([sums[0, : 2 * H], sums[0, 3 * H :]], out=db_hh)
             for result, value in ((dh0_out, dh0), (dc0_out, dc0)):
                 if result is not None and result is not value:
                     result.copy_(value)
 
         _replayable(
             plan, launches, dev,
-            ("bwd", mode, ctx.nonlinearity, needs, dout_given,
-             x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, out, cs, save, dout, dh_n, dc_n, ones),
-            (dg, dhn, dcn, dh0, dc0, dx, dw_ih, dw_hh, db_ih, db_hh, dh0_out, dc0_out, *_buffers(state)),
+            lambda: (
+                ("bwd", mode, ctx.nonlinearity, needs, dout_given,
+                 x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, out, cs, save, dout, dh_n, dc_n, ones),
+                (dg, dhn, dcn, dh0, dc0, dx, dw_ih, dw_hh, sums, db_hh, dh0_out, dc0_out, _h_before(out),
+                 *_buffers(state)),
+            ),
         )  # fmt: skip
         return dx, dh0_out, dc0_out, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
 

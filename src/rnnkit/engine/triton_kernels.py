@@ -33,17 +33,18 @@ Compiled variants are kept few, since each costs seconds to build: the time boun
 the launch options (``hb_per_prog``, ``n_h``, ``sync``, ``epilogue``) are runtime arguments that
 Triton does not specialise on (``do_not_specialize``).
 
-Layouts: ``w`` ``(G, H)`` = ``weight_hh``; ``out`` ``(T, B, H)``; ``cs`` ``(T, B, H)`` LSTM cell
-states. The gate-shaped buffers share one layout, ``(T, B, GW * H)`` with gate ``k`` in slot
-``k`` of each row (``GW`` 4 for LSTM and GRU, 1 for the RNN), so that one buffer serves all
-three in turn (:mod:`.triton_engine`): ``xg`` the input projections with biases folded in (GRU
-keeps ``b_hn`` apart, the reset gate scales it; slot 3 unused); ``save`` the gate activations
-the forward writes over them (LSTM ``i, f, g, o``, GRU ``r, z, n, W_hn h + b_hn``; the RNN saves
-nothing but ``out``); ``dgi`` the pre-activation gradients the backward writes over those (GRU:
-the input side's in slots 0-2, the hidden side's third gate in slot 3, its first two being the
-input side's). Each kernel reads a slot of a step before it writes that slot of that step, on
-the same program. Steps ``t >= lens[b]`` freeze the state, write a zero output and a zero gate
-gradient.
+Layouts: ``w`` ``(G, H)`` = ``weight_hh``; ``out`` ``(T, B, H)``, preceded in memory by a row
+``(B, H)`` that the resident and split forwards fill with ``h0`` (so that the weight gradient of
+``W_hh`` is one product over ``h0, out[:-1]``); ``cs`` ``(T, B, H)`` LSTM cell states. The
+gate-shaped buffers share one layout, ``(T, B, GW * H)`` with gate ``k`` in slot ``k`` of each
+row (``GW`` 4 for LSTM and GRU, 1 for the RNN), so that one buffer serves all three in turn
+(:mod:`.triton_engine`): ``xg`` the input projections with biases folded in (GRU keeps ``b_hn``
+apart, the reset gate scales it; slot 3 unused); ``save`` the gate activations the forward
+writes over them (LSTM ``i, f, g, o``, GRU ``r, z, n, W_hn h + b_hn``; the RNN saves nothing but
+``out``); ``dgi`` the pre-activation gradients the backward writes over those (GRU: the input
+side's in slots 0-2, the hidden side's third gate in slot 3, its first two being the input
+side's). Each kernel reads a slot of a step before it writes that slot of that step, on the same
+program. Steps ``t >= lens[b]`` freeze the state, write a zero output and a zero gate gradient.
 """
 
 from __future__ import annotations
@@ -564,9 +565,12 @@ def fwd_resident_kernel(
         x1 = n1
         x2 = n2
         x3 = n3
-    tl.store(hn_ptr + st, h, mask=m2)
+    tl.store(hn_ptr + st, h.to(hn_ptr.dtype.element_ty), mask=m2)
     if MODE == 1:
-        tl.store(cn_ptr + st, c, mask=m2)
+        tl.store(cn_ptr + st, c.to(cn_ptr.dtype.element_ty), mask=m2)
+    # the row before out: h0 (read again here: stored before the loop, it cost the loop cycles)
+    h0 = tl.load(h0_ptr + st, mask=m2, other=0.0)
+    tl.store(out_ptr - BH + st, h0.to(out_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit(do_not_specialize=["T", "B"])
@@ -637,8 +641,9 @@ def bwd_resident_kernel(
         l4 = n4
         l5 = n5
         l6 = n6
-    tl.store(dh0_ptr + st, dh, mask=m2)
-    tl.store(dc0_ptr + st, dc, mask=m2)
+    tl.store(dh0_ptr + st, dh.to(dh0_ptr.dtype.element_ty), mask=m2)
+    if MODE == 1:
+        tl.store(dc0_ptr + st, dc.to(dc0_ptr.dtype.element_ty), mask=m2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -962,9 +967,12 @@ def fwd_split_kernel(
     w_ptr,
     bhn_ptr,
     lens_ptr,
+    h0_ptr,
+    c0_ptr,
+    hfirst_ptr,
     hx_ptr,
-    hst_ptr,
-    cst_ptr,
+    hn_ptr,
+    cn_ptr,
     out_ptr,
     cs_ptr,
     save_ptr,
@@ -996,8 +1004,12 @@ def fwd_split_kernel(
     of ``W_hh``; step ``t`` reads slot ``t % 2``) and writes its own columns to the other slot.
     With ``sync`` the programs of a batch tile meet at a barrier after every step (one launch for
     the sequence; needs them all resident at once); without it the host launches one step at a
-    time. ``hst``/``cst`` ``(B, H)`` fp32 carry the own columns' exact ``h``/``c`` between
-    launches and hold the final state. ``bar`` int32 ``(2 + n_b,)``: ticket, error flag, one
+    time. ``h0``/``c0`` ``(B, H)``: the initial state, read by the launch that starts at step 0
+    (the own columns' exact ``h``/``c``), and ``hfirst`` the whole ``h`` that step 0 multiplies
+    (``h0`` itself, or its copy in ``W_hh``'s dtype). ``hn``/``cn`` ``(B, H)`` hold the final
+    state (the caller's dtype), and between launches that do not end the sequence carry the own
+    columns' exact ``h``/``c`` to the next (fp32, the interpreter's step by step launches).
+    So the host copies nothing in or out. ``bar`` int32 ``(2 + n_b,)``: ticket, error flag, one
     barrier counter per batch tile of the launch (zeroed by the host); ``tile0`` the launch's
     first batch tile (the host launches no more tiles at once than the GPU holds). ``NK`` > 1:
     the recurrent product's reduction in ``NK`` slices (``Plan.k_slices``). ``SIDE``: the
@@ -1040,10 +1052,16 @@ def fwd_split_kernel(
     if SIDE2D:  # each half's product starts from a zero Triton cannot fold into the other's chain
         zero = _unfolded_zero(lens, tl.zeros((BLOCK_B, w_all.shape[1]), tl.float32))
     bhn = tl.load(bhn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    h = tl.load(hst_ptr + st, mask=m2, other=0.0)
-    c = h
-    if MODE == 1:
-        c = tl.load(cst_ptr + st, mask=m2, other=0.0)
+    if t_begin == 0:
+        h = tl.load(h0_ptr + st, mask=m2, other=0.0).to(tl.float32)
+        c = h
+        if MODE == 1:
+            c = tl.load(c0_ptr + st, mask=m2, other=0.0).to(tl.float32)
+    else:
+        h = tl.load(hn_ptr + st, mask=m2, other=0.0).to(tl.float32)
+        c = h
+        if MODE == 1:
+            c = tl.load(cn_ptr + st, mask=m2, other=0.0).to(tl.float32)
     failed = 0
     BH = B * H
     gt = rows[:, None] * (GW * H) + cols[None, :]
@@ -1053,10 +1071,13 @@ def fwd_split_kernel(
         # the next step's input projections, fetched while this step waits and computes
         nm = m2 & ((t + 1 + tl.zeros_like(rows)) < t_end)[:, None]
         n0, n1, n2, n3 = _load_gates(xg_ptr + (t + 1) * (GW * BH) + gt, nm, H, NG, IO_PACK)
-        hk = tl.load(hx_ptr + (t % 2) * BH + hrow, mask=hm, other=0.0, cache_modifier=".cg")
+        hsrc = hx_ptr + (t % 2) * BH  # step t reads slot t % 2, step 0 the initial h
+        if t == 0:
+            hsrc = hfirst_ptr
+        hk = tl.load(hsrc + hrow, mask=hm, other=0.0, cache_modifier=".cg")
         hk2 = hk
         if HALVES:
-            hk2 = tl.load(hx_ptr + (t % 2) * BH + hrow2, mask=hm2, other=0.0, cache_modifier=".cg")
+            hk2 = tl.load(hsrc + hrow2, mask=hm2, other=0.0, cache_modifier=".cg")
         if SIDE2D:
             p0, p1, p2, p3 = _side_products(
                 hk, w_all, hk2, w_all2, zero, x0, x1, x2, x3, NG, MODE, HALVES, PRECISION, UPCAST
@@ -1081,9 +1102,12 @@ def fwd_split_kernel(
         x1 = n1
         x2 = n2
         x3 = n3
-    tl.store(hst_ptr + st, h, mask=m2)
+    tl.store(hn_ptr + st, h.to(hn_ptr.dtype.element_ty), mask=m2)
     if MODE == 1:
-        tl.store(cst_ptr + st, c, mask=m2)
+        tl.store(cn_ptr + st, c.to(cn_ptr.dtype.element_ty), mask=m2)
+    if t_begin == 0:  # the row before out: h0 (stored before the loop, it costs the loop cycles)
+        h0 = tl.load(h0_ptr + st, mask=m2, other=0.0)
+        tl.store(out_ptr - BH + st, h0.to(out_ptr.dtype.element_ty), mask=m2)
     if failed:
         tl.atomic_max(bar_ptr + 1, 1)
 
@@ -1098,10 +1122,13 @@ def bwd_split_kernel(
     cs_ptr,
     save_ptr,
     dout_ptr,
+    dhn_ptr,
+    dcn_ptr,
     direct_ptr,
     dc_ptr,
     dgi_ptr,
     dh0_ptr,
+    dc0_ptr,
     bar_ptr,
     tile0,
     u_hi,
@@ -1128,8 +1155,11 @@ def bwd_split_kernel(
     ``u`` finishes ``dh`` for step ``u - 1`` on the own columns, ``direct + sum_k dg[u, :, k] @
     W_k[:, cols]`` (``W_hh`` column slices kept on chip), then runs the backward of step ``u - 1``
     there; with ``sync`` a barrier follows each stage, since the next one reads the gate
-    gradients of every column. ``direct``/``dc`` ``(B, H)`` fp32 carry the part of ``dh`` that
-    skips ``W_hh`` and the cell gradient between launches. ``epilogue`` writes ``dh0``."""
+    gradients of every column. The launch that starts at ``u_hi == T`` reads the upstream state
+    gradients ``dhn``/``dcn`` ``(B, H)`` (the caller's dtype; zeros where none came);
+    ``direct``/``dc`` ``(B, H)`` fp32 carry the part of ``dh`` that skips ``W_hh`` and the cell
+    gradient to the next launch, where one follows (``epilogue`` 0). ``epilogue`` writes ``dh0``
+    and (LSTM) ``dc0`` ``(B, H)``, in their own dtypes."""
     pid_b, pid_h = _ticket(bar_ptr, n_h, sync)
     rows = (tile0 + pid_b) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
@@ -1139,11 +1169,15 @@ def bwd_split_kernel(
     lens = tl.load(lens_ptr + rows, mask=rmask, other=0)
     st = rows[:, None] * H + cols[None, :]
     gt = rows[:, None] * (GW * H) + cols[None, :]
+    if u_hi == T:
+        direct = tl.load(dhn_ptr + st, mask=m2, other=0.0).to(tl.float32)
+        dc = tl.load(dcn_ptr + st, mask=m2, other=0.0).to(tl.float32)
+    else:
+        direct = tl.load(direct_ptr + st, mask=m2, other=0.0)
+        dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
     # gate gradients' rows, and gate 0's W slice as stored (HP out, BLOCK_H in); NK slices
     grow, gm0, wo, wm = _k_slices(rows, rmask, cols, cmask, H, GW * H, HP, NK, True)
     w0, w1, w2, w3 = _gate_tiles(w_ptr + wo, wm, H * H, NG)
-    direct = tl.load(direct_ptr + st, mask=m2, other=0.0)
-    dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
     # Each stage reads every gate's gradients first (one wait on the L2 instead of one per gate)
     # and multiplies each gate apart (_gate_grad_products), where those operands fit in shared
     # memory beside the W_hh slices; else gate by gate in one chain, as the operands then take
@@ -1213,7 +1247,7 @@ def bwd_split_kernel(
         else:
             if failed:
                 dh = dh + float("nan")
-            tl.store(dh0_ptr + st, dh, mask=m2)
+            tl.store(dh0_ptr + st, dh.to(dh0_ptr.dtype.element_ty), mask=m2)
         l0 = n0
         l1 = n1
         l2 = n2
@@ -1223,6 +1257,8 @@ def bwd_split_kernel(
         l6 = n6
     tl.store(direct_ptr + st, direct, mask=m2)
     tl.store(dc_ptr + st, dc, mask=m2)
+    if MODE == 1 and epilogue:
+        tl.store(dc0_ptr + st, dc.to(dc0_ptr.dtype.element_ty), mask=m2)
     if failed:
         tl.atomic_max(bar_ptr + 1, 1)
 
