@@ -200,6 +200,76 @@ def test_barrier_paths_launch_whole_tiles_in_groups_that_fit_the_gpu(monkeypatch
     _check(mode, B, 5, 4, 24, torch.float32, plan, lengths=lengths)
 
 
+@pytest.fixture
+def _junk_counters(monkeypatch):
+    """Step counters as uninitialised memory can leave them (junk, not zeros), and every launch
+    that meets at barriers (``sync``) checked to start on zeroed counters (run on junk, a
+    program would take a wrong ticket and index the counters out of bounds: checked, not run)."""
+    barrier, shared = te._barrier, te._shared_counters
+    synced = []
+
+    class Checked:
+        def __init__(self, kernel):
+            self.kernel, self.sync = kernel, kernel.arg_names.index("sync")
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                if args[self.sync]:
+                    bar = next(a for a in args if isinstance(a, torch.Tensor) and a.dtype == torch.int32)
+                    assert not bar.any(), f"a synced launch on counters nobody zeroed: {bar.tolist()}"
+                    synced.append(bar.numel())
+                self.kernel[grid](*args, **kwargs)
+
+            return launch
+
+    for name in ("fwd_split_kernel", "bwd_split_kernel", "fwd_blocked_kernel", "bwd_blocked_kernel"):
+        monkeypatch.setattr(te.K, name, Checked(getattr(te.K, name)))
+
+    def junk_barrier(n, device):
+        return barrier(n, device).fill_(12345)
+
+    def junk_shared(forward, backward, device):
+        buf, fwd, bwd = shared(forward, backward, device)
+        if buf is not None:
+            buf.fill_(12345)
+        return buf, fwd, bwd
+
+    monkeypatch.setattr(te, "_barrier", junk_barrier)
+    monkeypatch.setattr(te, "_shared_counters", junk_shared)
+    return synced
+
+
+@pytest.mark.parametrize("path, B, H", [("split", 3, 16), ("split", 20, 16), ("persistent", 20, 24)])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_step_counters_zeroed_once_for_both_directions(monkeypatch, _junk_counters, mode, path, B, H):
+    """The forward zeroes its step counters and its backward's in one fill; a second backward
+    through a retained graph, and a forward that wants no backward, zero their own. A lone
+    program runs the split path's whole sequence in one launch under the interpreter too (as on a
+    GPU: tickets, barriers), so counters left unzeroed give wrong results here. One multiprocessor:
+    every batch tile a launch of its own (B = 20: two)."""
+    synced = _junk_counters
+    monkeypatch.setattr(te, "_sm_count", lambda: 1)
+    plan = te.Plan(path, block_b=16, block_h=16, block_k=16, num_warps=8)
+    x, state, weights = _problem(mode, B, 5, 4, H, torch.float32)
+    leaves = [x, *state, *weights]
+    lens = torch.tensor([(3 * b) % 5 + 1 for b in range(B)])
+    with torch.no_grad():  # forward only: its own counters, none for a backward
+        te.run(mode, x, state, weights, lens, plan=plan)
+    out, fin = te.run(mode, x, state, weights, lens, plan=plan)
+    ref_out, ref_fin = reference.run(mode, x, state, weights, lens)
+    for a, b in zip((out, *fin), (ref_out, *ref_fin), strict=True):
+        assert _rel_err(a, b) < 2e-5
+    g = torch.Generator().manual_seed(4)
+    ups = [torch.randn(t.shape, generator=g) for t in (out, *fin)]
+    theirs = torch.autograd.grad([ref_out, *ref_fin], leaves, ups)
+    for _ in range(2):  # the second backward (retained graph) zeroes counters of its own
+        ours = torch.autograd.grad([out, *fin], leaves, ups, retain_graph=True)
+        for a, b in zip(ours, theirs, strict=True):
+            assert _rel_err(a, b) < 2e-5
+    # three forwards (one recomputed for the second backward) and two backwards, each tile apart
+    assert len(synced) == 5 * (B // 16 + 1)
+
+
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_split_rnn_three_programs_per_tile(nonlinearity):
     # H = 40 over 16-column slices: three programs, the last owning 8 real columns of 16
@@ -542,7 +612,7 @@ def test_tuning_times_every_candidate_once_and_runs_the_fastest(monkeypatch, _tu
 
     real_run = te._TritonLayer.apply
     monkeypatch.setattr(te, "_seconds", fake_seconds)
-    monkeypatch.setattr(te._TritonLayer, "apply", lambda *a: ran.append(a[-1]) or real_run(*a))
+    monkeypatch.setattr(te._TritonLayer, "apply", lambda *a: ran.append(a[-2]) or real_run(*a))  # the plan
     lens = torch.tensor([5, 2, 4])
     for _ in range(2):
         ours = _run_and_grad(te.run, "gru", x, state, weights, lens, "tanh")

@@ -12,7 +12,8 @@ Five paths (see :class:`Plan`), chosen by :func:`plan_for`:
 - ``split``: the hidden dimension is split over programs that each keep a column slice of
   ``W_hh`` on chip and meet at a barrier after every step (persistent RNNs, Diamos et al. 2016);
   one launch on a GPU. Under the interpreter (programs run one after another, so none could wait
-  for another) the host launches the same kernel one step at a time.
+  for another) the host launches the same kernel one step at a time, except where a launch has
+  one program, which runs the whole sequence as on a GPU (barriers and all).
 - ``gemm``: any size; each step's recurrent product is one library matrix product (cuBLAS) and
   one kernel fuses the rest of the step. For large batches and hidden sizes, where a step is a
   real matrix product rather than a latency chain.
@@ -740,10 +741,34 @@ def _launches(n_btiles: int, per_tile: int) -> list[tuple[int, int]]:
     return [(t0, min(g, n_btiles - t0)) for t0 in range(0, n_btiles, g)]
 
 
-def _barrier_groups(n_btiles: int, per_tile: int, device: torch.device) -> list[tuple[int, int, Tensor]]:
-    """``(first tile, tiles, counters)`` for each launch of a barrier path (:func:`_launches`),
-    its step counters allocated now (:func:`_barrier`)."""
-    return [(t0, n, _barrier(n, device)) for t0, n in _launches(n_btiles, per_tile)]
+def _barrier_groups(plan: Plan, n_btiles: int, hidden_size: int, device: torch.device) -> list:
+    """``(first tile, tiles, counters)`` for each launch of a barrier path
+    (:func:`_barrier_launches`), its step counters allocated now (:func:`_barrier`)."""
+    return [(t0, n, _barrier(n, device)) for t0, n in _barrier_launches(plan, n_btiles, hidden_size)]
+
+
+def _barrier_launches(plan: Plan, n_btiles: int, hidden_size: int) -> list[tuple[int, int]]:
+    """:func:`_launches` of a ``split`` or ``persistent`` plan (their programs meet at step
+    barriers); none for the other paths."""
+    if plan.path == "split":
+        return _launches(n_btiles, _cdiv(hidden_size, plan.block_h))
+    if plan.path == "persistent":
+        return _launches(n_btiles, _blocks_per_program(_cdiv(hidden_size, plan.block_h), n_btiles)[1])
+    return []
+
+
+def _shared_counters(
+    forward: list[tuple[int, int]], backward: list[tuple[int, int]], device: torch.device
+) -> tuple[Tensor | None, list[tuple[int, int, Tensor]], list[tuple[int, int, Tensor]]]:
+    """One int32 buffer holding the counters (:func:`_barrier`) of a forward's launches and of
+    its backward's, so the forward zeroes both in one fill (a launch less a training step):
+    ``(buffer, forward groups, backward groups)``, each group as :func:`_barrier_groups`'."""
+    sizes = [2 + n for _, n in forward + backward]
+    if not sizes:
+        return None, [], []
+    buf = torch.empty(sum(sizes), dtype=torch.int32, device=device)
+    groups = [(t0, n, bar) for (t0, n), bar in zip(forward + backward, buf.split(sizes), strict=True)]
+    return buf, groups[: len(forward)], groups[len(forward) :]
 
 
 def _blocks_per_program(n_hblocks: int, n_btiles: int) -> tuple[int, int]:
@@ -858,12 +883,15 @@ def _split_options_for(plan: Plan, HP: int, flags: tuple) -> dict:
     return options
 
 
-def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
-    """The forward kernels: ``(out, cs, save, h_n, c_n)``, ``save`` the gate buffer ``(T, B, GW *
-    H)`` holding the saved activations (LSTM, GRU; the RNN saves nothing but ``out``, returned in
-    its place), ``h_n``/``c_n`` fp32. Memory: the projections and the activations share one
-    buffer, which the backward reuses for the gate gradients. Every tensor is allocated first,
-    then one closure launches the work (:func:`_replayable`)."""
+def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan, back=None):
+    """The forward kernels: ``(out, cs, save, h_n, c_n, counters)``, ``save`` the gate buffer
+    ``(T, B, GW * H)`` holding the saved activations (LSTM, GRU; the RNN saves nothing but
+    ``out``, returned in its place), ``h_n``/``c_n`` in ``x``'s dtype (fp32 under the
+    interpreter's split path), ``counters`` the step counters of the backward plan ``back``,
+    zeroed here with the forward's own (:func:`_shared_counters`; empty without ``back``).
+    Memory: the projections and the activations share one buffer, which the backward reuses for
+    the gate gradients. Every tensor is allocated first, then one closure launches the work
+    (:func:`_replayable`)."""
     T, B, I = x.shape
     H = w_hh.shape[1]
     G = NUM_GATES[mode] * H
@@ -905,7 +933,6 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
         if plan.path == "split":
             state["hbuf"] = torch.empty(2, B, H, dtype=w_rec.dtype, device=dev)  # h between programs
             n_h = _cdiv(H, plan.block_h)
-            state["groups"] = _barrier_groups(n_btiles, n_h, dev)
     elif plan.path == "gemm":
         hn = torch.empty(B, H, dtype=torch.float32, device=dev)  # the state, frozen past each end
         cn = torch.empty_like(hn) if mode == "lstm" else hn
@@ -917,11 +944,18 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
         hn = hbuf[T % 2]
         if plan.path == "persistent":
             hb, n_hp = _blocks_per_program(_cdiv(H, plan.block_h), n_btiles)
-            state["groups"] = _barrier_groups(n_btiles, n_hp, dev)
         else:
             state["bar"] = _barrier(n_btiles, dev)
+    back_launches = _barrier_launches(back, _cdiv(B, back.block_b), H) if back is not None else []
+    counters, state["groups"], back_groups = _shared_counters(
+        _barrier_launches(plan, n_btiles, H), back_launches, dev
+    )
+    if counters is not None:
+        state["counters"] = counters
 
     def launches() -> None:
+        if counters is not None:
+            counters.zero_()  # the forward's and its backward's (_shared_counters)
         n = 2 * H if mode == "gru" else G  # the gates whose b_hh folds into the projection
         if b_ih is not None and b_hh is not None:
             torch.add(b_ih[:n], b_hh[:n], out=bias[:n])
@@ -971,10 +1005,9 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
             hbuf = state["hbuf"]
             hfirst = h0 if w_rec.dtype == h0.dtype else hbuf[0]
             for tile0, tiles, bar in state["groups"]:
-                bar.zero_()
                 grid = (tiles * n_h,)
                 args = (xg, w_rec, b_hn, lens, h0, c0, hfirst, hbuf, hn, cn, out, cs, save, bar, tile0)
-                if INTERPRETED:
+                if INTERPRETED and grid[0] > 1:  # (a lone program may wait at barriers for itself)
                     for t in range(T):
                         K.fwd_split_kernel[grid](*args, t, t + 1, B, H, n_h, 0, **common)
                 else:
@@ -985,7 +1018,6 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
             args = (xg, w_hh, b_hn, lens, state["hbuf"], cn, out, cs, save)
             if plan.path == "persistent":
                 for tile0, tiles, bar in state["groups"]:
-                    bar.zero_()
                     _launch_synced(
                         K.fwd_blocked_kernel,
                         (tiles * n_hp,),
@@ -1010,7 +1042,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):
             (bias, b_hn, xg, out_full, cs, w_rec, hn, cn, *_buffers(state)),
         ),
     )  # fmt: skip
-    return out, cs, save, hn, cn
+    return out, cs, save, hn, cn, back_groups
 
 
 def _h_before(out: Tensor) -> Tensor:
@@ -1035,11 +1067,15 @@ class _TritonLayer(torch.autograd.Function):
     """One direction of one layer; differentiable in ``x``, the state and every weight."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan):  # noqa: D401
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan, backward):  # noqa: D401
         h0 = h0.contiguous()
         c0 = c0.contiguous() if c0 is not None else None
         w_hh = w_hh.contiguous()
-        out, cs, save, hn, cn = _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan)
+        # with a backward to come, its step counters are zeroed with the forward's
+        B, H = x.shape[1], w_hh.shape[1]
+        back = backward_plan(plan, mode, B, H, x.dtype) if backward else None
+        fwd = _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan, back)
+        out, cs, save, hn, cn, ctx.counters = fwd
         ctx.mode, ctx.nonlinearity, ctx.plan = mode, nonlinearity, plan
         # an output no loss uses reaches the backward as None, not as zeros autograd would make
         # (a fill each: the final state, in a training loop that only carries it on)
@@ -1096,17 +1132,20 @@ class _TritonLayer(torch.autograd.Function):
             dc0 = dcn
         n_btiles = _cdiv(B, plan.block_b)
         state = {}  # path-specific buffers
+        # step counters (split, persistent): the ones the forward zeroed for this backward, once;
+        # else (a second backward through a retained graph) new ones, zeroed here
+        zero_counters = not ctx.counters
+        state["groups"] = ctx.counters or _barrier_groups(plan, n_btiles, H, dev)
+        ctx.counters = []
         if plan.path == "gemm":
             state["rec"] = torch.empty(B, H, dtype=dt, device=dev)  # the recurrent gradient
             state["part"] = torch.empty(B, H, dtype=dt, device=dev)  # dh0's products
         elif plan.path == "split":
             n_h = _cdiv(H, plan.block_h)
-            state["groups"] = _barrier_groups(n_btiles, n_h, dev)
             # direct, dc: read only between launches (the interpreter's)
             state["carry"] = torch.empty(2, B, H, dtype=torch.float32, device=dev)
         elif plan.path == "persistent":
             hb, n_hp = _blocks_per_program(_cdiv(H, plan.block_h), n_btiles)
-            state["groups"] = _barrier_groups(n_btiles, n_hp, dev)
         elif plan.path == "stepwise":
             state["bar"] = _barrier(n_btiles, dev)
         x2 = x.reshape(T * B, I)  # (T*B, I)
@@ -1176,11 +1215,12 @@ class _TritonLayer(torch.autograd.Function):
                 common = _split_options(plan, H, flags)
                 carry = state["carry"]
                 for tile0, tiles, bar in state["groups"]:
-                    bar.zero_()
+                    if zero_counters:
+                        bar.zero_()
                     grid = (tiles * n_h,)
                     args = (w_hh, h0, c0, lens, out, cs, save, dout, dhn, dcn, *carry, dg, dh0, dc0, bar)
                     args += (tile0,)
-                    if INTERPRETED:
+                    if INTERPRETED and grid[0] > 1:
                         for u in range(T, 0, -1):
                             K.bwd_split_kernel[grid](*args, u, u - 1, T, B, H, n_h, 0, 0, **common)
                         K.bwd_split_kernel[grid](*args, 0, 0, T, B, H, n_h, 0, 1, **common)
@@ -1193,7 +1233,8 @@ class _TritonLayer(torch.autograd.Function):
                 args = (w_hh, h0, c0, lens, out, cs, save, dout, dhn, dcn, dg, dh0)
                 if plan.path == "persistent":
                     for tile0, tiles, bar in state["groups"]:
-                        bar.zero_()
+                        if zero_counters:
+                            bar.zero_()
                         _launch_synced(
                             K.bwd_blocked_kernel,
                             (tiles * n_hp,),
@@ -1235,13 +1276,13 @@ class _TritonLayer(torch.autograd.Function):
         _replayable(
             plan, launches, dev,
             lambda: (
-                ("bwd", mode, ctx.nonlinearity, needs, dout_given,
+                ("bwd", mode, ctx.nonlinearity, needs, dout_given, zero_counters,
                  x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, out, cs, save, dout, dh_n, dc_n, ones),
                 (dg, dhn, dcn, dh0, dc0, dx, dw_ih, dw_hh, sums, db_hh, dh0_out, dc0_out, _h_before(out),
                  *_buffers(state)),
             ),
         )  # fmt: skip
-        return dx, dh0_out, dc0_out, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+        return dx, dh0_out, dc0_out, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None, None
 
 
 def run(
@@ -1285,11 +1326,10 @@ def run(
     # Triton launches on the current device (and plans for its multiprocessors); autograd's
     # backward threads already run on x's
     device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+    backward = wants_backward(x, state, weights)
     with device:
         if plan is None and torch.backends.cudnn.benchmark:
-            plan = tune(
-                mode, x, state, weights, lens, nonlinearity, backward=wants_backward(x, state, weights)
-            )
+            plan = tune(mode, x, state, weights, lens, nonlinearity, backward=backward)
         if plan is None:
             plan = plan_for(mode, B, H, x.dtype)
         if plan.path == "resident" and plan.block_h < H:
@@ -1306,5 +1346,6 @@ def run(
             mode,
             nonlinearity,
             plan,
+            backward,
         )
     return res[0], tuple(res[1:])
