@@ -13,8 +13,8 @@ by a no-op (under ``TRITON_INTERPRET=1``, on tiny CPU tensors), and reports per 
   ``outside_us - floor_us`` is the engine's own work;
 - ``launches``: the aten ops in a call that launch a GPU kernel (views, ``empty`` and no-op
   casts left out), plus the Triton kernel launches, at ``T`` = 1 (the ``gemm`` path launches a
-  product and a kernel per step and direction; under the interpreter the split backward launches
-  twice where a GPU launches once).
+  product and a kernel per step and direction; the split path's programs here are one a launch,
+  which the interpreter runs in one launch for the whole sequence, as a GPU does).
 
 Medians of repeats after warm-up, one thread, the best of five rounds spread over the run. Timings
 on a shared 2-core VM still move between runs, by less than the medians do; the launch counts do
@@ -47,7 +47,8 @@ NO_LAUNCH = {
     "aten::view", "aten::t", "aten::reshape", "aten::slice", "aten::select", "aten::transpose",
     "aten::as_strided", "aten::expand", "aten::detach", "aten::alias", "aten::_reshape_alias",
     "aten::unsqueeze", "aten::squeeze", "aten::empty", "aten::empty_like", "aten::empty_strided",
-    "aten::to", "aten::contiguous", "aten::lift_fresh", "aten::result_type",
+    "aten::to", "aten::contiguous", "aten::lift_fresh", "aten::result_type", "aten::split",
+    "aten::split_with_sizes", "aten::unbind",
 }  # fmt: skip
 
 

@@ -29,8 +29,9 @@ resident and split kernels read ``h0``/``c0`` and the final state's gradients wh
 write the final state, ``dh0`` and ``dc0`` in the caller's dtype (no copies in or out); GRU's
 ``b_hn`` is read in place; both biases' gradients come from one product, and the ``W_hh``
 gradient from one product over the state before each step (``out`` is preceded in memory by a
-row holding ``h0``); outputs that no loss uses reach the backward as ``None``, not as zeros. A
-split LSTM forward + backward launches 10 kernels (17, or 19 in bf16, before).
+row holding ``h0``); outputs that no loss uses reach the backward as ``None``, not as zeros; the
+forward zeroes its backward's step counters with its own. A split LSTM forward + backward
+launches 9 kernels (17, or 19 in bf16, before).
 
 With ``Plan.graph`` a call's launches, on any path, are captured as a CUDA graph the second time
 the same call (same buffers) comes, and replayed after (:mod:`._graphs`). Every tensor is
@@ -763,11 +764,14 @@ def _shared_counters(
     """One int32 buffer holding the counters (:func:`_barrier`) of a forward's launches and of
     its backward's, so the forward zeroes both in one fill (a launch less a training step):
     ``(buffer, forward groups, backward groups)``, each group as :func:`_barrier_groups`'."""
-    sizes = [2 + n for _, n in forward + backward]
-    if not sizes:
+    launches = forward + backward
+    if not launches:
         return None, [], []
-    buf = torch.empty(sum(sizes), dtype=torch.int32, device=device)
-    groups = [(t0, n, bar) for (t0, n), bar in zip(forward + backward, buf.split(sizes), strict=True)]
+    buf = torch.empty(sum(2 + n for _, n in launches), dtype=torch.int32, device=device)
+    groups, at = [], 0
+    for t0, n in launches:
+        groups.append((t0, n, buf[at : at + 2 + n]))
+        at += 2 + n
     return buf, groups[: len(forward)], groups[len(forward) :]
 
 
@@ -870,17 +874,20 @@ def _split_options(plan: Plan, H: int, flags: dict) -> dict:
     ``side_gates`` forward takes ``SIDE`` instead of ``NK`` (``backward_plan`` drops it, so the
     backward takes ``NK``). Built once per plan, size and switches (a shared dict: not to be
     changed)."""
-    return _split_options_for(plan, _hp(H), tuple(flags.items()))
-
-
-@functools.cache
-def _split_options_for(plan: Plan, HP: int, flags: tuple) -> dict:
-    options = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=HP, **_launch(plan), **dict(flags))
-    if plan.side_gates:
-        options["SIDE"] = True
-    elif plan.k_slices > 1:
-        options["NK"] = plan.k_slices
+    key = (plan, H, *flags.values())
+    options = _SPLIT_OPTIONS.get(key)
+    if options is None:
+        options = dict(BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, HP=_hp(H), **_launch(plan), **flags)
+        if plan.side_gates:
+            options["SIDE"] = True
+        elif plan.k_slices > 1:
+            options["NK"] = plan.k_slices
+        _SPLIT_OPTIONS[key] = options
     return options
+
+
+#: :func:`_split_options` by plan, ``H`` and switches
+_SPLIT_OPTIONS: dict[tuple, dict] = {}
 
 
 def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, mode, nonlinearity, plan, back=None):
