@@ -797,6 +797,9 @@ GRAPHS = CallGraphs()
 def _launch_synced(kernel, grid: tuple[int], *args, **kwargs) -> None:
     """Launch a kernel whose programs meet at step barriers: cooperatively where it can be."""
     global COOPERATIVE
+    if INTERPRETED:  # no cooperative launches, no CUDA streams to ask about
+        kernel[grid](*args, **kwargs)
+        return
     if COOPERATIVE and not INTERPRETED and GRAPHS.capturing():
         # our own capture, of launches that just ran eagerly: a cooperative kernel node (should
         # the capture refuse it, GRAPHS runs the launches eagerly from then on)
