@@ -742,12 +742,6 @@ def _launches(n_btiles: int, per_tile: int) -> list[tuple[int, int]]:
     return [(t0, min(g, n_btiles - t0)) for t0 in range(0, n_btiles, g)]
 
 
-def _barrier_groups(plan: Plan, n_btiles: int, hidden_size: int, device: torch.device) -> list:
-    """``(first tile, tiles, counters)`` for each launch of a barrier path
-    (:func:`_barrier_launches`), its step counters allocated now (:func:`_barrier`)."""
-    return [(t0, n, _barrier(n, device)) for t0, n in _barrier_launches(plan, n_btiles, hidden_size)]
-
-
 def _barrier_launches(plan: Plan, n_btiles: int, hidden_size: int) -> list[tuple[int, int]]:
     """:func:`_launches` of a ``split`` or ``persistent`` plan (their programs meet at step
     barriers); none for the other paths."""
@@ -763,7 +757,8 @@ def _shared_counters(
 ) -> tuple[Tensor | None, list[tuple[int, int, Tensor]], list[tuple[int, int, Tensor]]]:
     """One int32 buffer holding the counters (:func:`_barrier`) of a forward's launches and of
     its backward's, so the forward zeroes both in one fill (a launch less a training step):
-    ``(buffer, forward groups, backward groups)``, each group as :func:`_barrier_groups`'."""
+    ``(buffer, forward groups, backward groups)``, each group ``(first tile, tiles, counters)``
+    (``forward`` and ``backward``: :func:`_barrier_launches`)."""
     launches = forward + backward
     if not launches:
         return None, [], []
@@ -800,14 +795,14 @@ def _launch_synced(kernel, grid: tuple[int], *args, **kwargs) -> None:
     if INTERPRETED:  # no cooperative launches, no CUDA streams to ask about
         kernel[grid](*args, **kwargs)
         return
-    if COOPERATIVE and not INTERPRETED and GRAPHS.capturing():
+    if COOPERATIVE and GRAPHS.capturing():
         # our own capture, of launches that just ran eagerly: a cooperative kernel node (should
         # the capture refuse it, GRAPHS runs the launches eagerly from then on)
         kernel[grid](*args, **kwargs, launch_cooperative_grid=True)
         return
     # not while someone else's CUDA graph is being captured: a refused launch would spoil it
     capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-    if COOPERATIVE and not INTERPRETED and not capturing:
+    if COOPERATIVE and not capturing:
         try:
             kernel[grid](*args, **kwargs, launch_cooperative_grid=True)
             return
@@ -1145,7 +1140,7 @@ class _TritonLayer(torch.autograd.Function):
         # step counters (split, persistent): the ones the forward zeroed for this backward, once;
         # else (a second backward through a retained graph) new ones, zeroed here
         zero_counters = not ctx.counters
-        state["groups"] = ctx.counters or _barrier_groups(plan, n_btiles, H, dev)
+        state["groups"] = ctx.counters or _shared_counters(_barrier_launches(plan, n_btiles, H), [], dev)[1]
         ctx.counters = []
         if plan.path == "gemm":
             state["rec"] = torch.empty(B, H, dtype=dt, device=dev)  # the recurrent gradient
