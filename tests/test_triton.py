@@ -189,6 +189,26 @@ def test_shared_vectors_are_filled_once_reused_and_grown():
     assert te._shared_full(5, 7, torch.bfloat16, cpu).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_a_call_under_inference_mode_then_training(monkeypatch, mode):
+    # evaluation under torch.inference_mode before training: the shared vectors made by the first
+    # call (lengths past T, zeros for a missing state gradient, the bias sums' ones) must not be
+    # inference tensors, which the training call could not save for its backward
+    monkeypatch.setattr(te, "_SHARED", {})
+    T, B, I, H = 3, 2, 4, 8
+    G = te.NUM_GATES[mode] * H
+    g = torch.Generator().manual_seed(0)
+    ws = LayerWeights(*(torch.randn(*s, generator=g).requires_grad_() for s in [(G, I), (G, H), (G,), (G,)]))
+    x = torch.randn(T, B, I, generator=g)
+    state = tuple(torch.randn(B, H, generator=g) for _ in range(2 if mode == "lstm" else 1))
+    with torch.inference_mode():
+        te.run(mode, x, state, ws)
+        out, _ = te.run(mode, x, state, ws, torch.tensor([3, 1]))
+    assert all(not t.is_inference() for kept in te._SHARED.values() for t in kept)
+    out, fin = te.run(mode, x, state, ws)
+    torch.autograd.grad([out, *fin], list(ws), [torch.randn_like(out), *map(torch.randn_like, fin)])
+
+
 @pytest.mark.parametrize("mode, path, B", [("lstm", "split", 20), ("gru", "persistent", 40)])
 def test_barrier_paths_launch_whole_tiles_in_groups_that_fit_the_gpu(monkeypatch, mode, path, B):
     # a GPU of 2 multiprocessors: split (two programs per 16-row tile) launches one tile at a

@@ -838,7 +838,10 @@ def _shared_full(n: int, value: int, dtype: torch.dtype, device: torch.device) -
             # inside someone's CUDA graph capture: memory made now belongs to their graph
             return torch.full((n,), value, dtype=dtype, device=device)
         size = max(n, 2 * kept[-1].numel() if kept else 64)
-        kept.append(torch.full((size,), value, dtype=dtype, device=device))
+        # a normal tensor even when the first call asking runs under inference mode: later calls
+        # that train save it for their backward, which an inference tensor refuses
+        with torch.inference_mode(False):
+            kept.append(torch.full((size,), value, dtype=dtype, device=device))
         if device.type == "cuda":  # filled before any stream's kernel reads it
             torch.cuda.current_stream(device).synchronize()
     return kept[-1][:n]

@@ -1158,7 +1158,8 @@ def bwd_split_kernel(
     gradients of every column. The launch that starts at ``u_hi == T`` reads the upstream state
     gradients ``dhn``/``dcn`` ``(B, H)`` (the caller's dtype; zeros where none came);
     ``direct``/``dc`` ``(B, H)`` fp32 carry the part of ``dh`` that skips ``W_hh`` and the cell
-    gradient to the next launch, where one follows (``epilogue`` 0). ``epilogue`` writes ``dh0``
+    gradient from one launch to the next: every launch stores them at its end, and a launch that
+    starts below ``T`` reads them (the interpreter's, a step each). ``epilogue`` writes ``dh0``
     and (LSTM) ``dc0`` ``(B, H)``, in their own dtypes."""
     pid_b, pid_h = _ticket(bar_ptr, n_h, sync)
     rows = (tile0 + pid_b) * BLOCK_B + tl.arange(0, BLOCK_B)
