@@ -186,6 +186,9 @@ def test_shared_vectors_are_filled_once_reused_and_grown():
     assert grown.shape == (1000,) and bool((grown == 7).all()) and grown.data_ptr() != first.data_ptr()
     # the smaller one is kept: a kernel on another stream may still read it
     assert first.data_ptr() in [t.data_ptr() for t in te._SHARED[(7, torch.float32, cpu)]]
+    # a size asked for again gets the same view, the grown vector's or not (no work a call)
+    assert te._shared_full(5, 7, torch.float32, cpu) is first
+    assert te._shared_full(1000, 7, torch.float32, cpu) is grown
     assert te._shared_full(5, 7, torch.bfloat16, cpu).dtype == torch.bfloat16
 
 
@@ -195,6 +198,7 @@ def test_a_call_under_inference_mode_then_training(monkeypatch, mode):
     # call (lengths past T, zeros for a missing state gradient, the bias sums' ones) must not be
     # inference tensors, which the training call could not save for its backward
     monkeypatch.setattr(te, "_SHARED", {})
+    monkeypatch.setattr(te, "_SHARED_VIEWS", {})
     T, B, I, H = 3, 2, 4, 8
     G = te.NUM_GATES[mode] * H
     g = torch.Generator().manual_seed(0)
@@ -386,6 +390,22 @@ def test_side_by_side_plans_and_their_refusals():
     forward = te._split_options(sliced, 256, {})
     backward = te._split_options(te.backward_plan(sliced, "lstm", 16, 256, torch.float32), 256, {})
     assert forward["SIDE"] and "NK" not in forward and backward["NK"] == 2 and "SIDE" not in backward
+
+
+def test_plans_are_remembered_per_gpu_and_limit(monkeypatch):
+    # plan_for runs every call given no plan: it remembers its plans, but never across what shapes
+    # them (the GPU's multiprocessors, the on-chip limits)
+    f32 = torch.float32
+    first = te.plan_for("lstm", 70, 256, f32)
+    assert te.plan_for("lstm", 70, 256, f32) is first
+    assert first.path == "split" and te._barrier_launches(first, 5, 256) == [(0, 5)]
+    assert te._barrier_launches(first, 5, 256) is te._barrier_launches(first, 5, 256)
+    monkeypatch.setattr(te, "_sm_count", lambda: 2)  # 8 slices of 32 columns no longer fit
+    small = te.plan_for("lstm", 70, 256, f32)
+    assert small.path == "persistent" and small == te._plan_for("lstm", 70, 256, f32, None)
+    assert te._barrier_launches(first, 5, 256) == [(t, 1) for t in range(5)]  # a tile a launch
+    monkeypatch.setattr(te, "RESIDENT_MAX_BYTES", 1 << 30)  # all of W_hh fits one program
+    assert te.plan_for("lstm", 70, 256, f32).path == "resident"
 
 
 def test_default_split_plans_are_the_measured_ones():

@@ -293,6 +293,11 @@ def default_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype) ->
     return "split" if split_plan(mode, batch, hidden_size, dtype) is not None else "persistent"
 
 
+#: :func:`plan_for`'s plans by its arguments and what else shapes them (the GPU's multiprocessors,
+#: the on-chip limits): it runs every call that is given no plan
+_PLANS: dict[tuple, Plan] = {}
+
+
 def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: str | None = None) -> Plan:
     """The default :class:`Plan` for ``mode`` at batch ``batch`` and hidden size ``hidden_size``;
     ``path`` forces a path (the block sizes still follow the size; a forced ``split`` plan is the
@@ -303,6 +308,14 @@ def plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: 
     :func:`refined_split` makes it), else ``persistent`` (1.2-1.8x faster than ``gemm`` at B =
     256, H = 1024, whose per-step launches cost about 40 us a step; ``gemm`` and ``stepwise`` are
     never the default)."""
+    key = (mode, batch, hidden_size, dtype, path, _sm_count(), RESIDENT_MAX_BYTES, SPLIT_MAX_BYTES)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _plan_for(mode, batch, hidden_size, dtype, path)
+    return plan
+
+
+def _plan_for(mode: str, batch: int, hidden_size: int, dtype: torch.dtype, path: str | None) -> Plan:
     HP = _hp(hidden_size)
     block_b = 16 if batch <= 128 else 32
     if path is None:
@@ -601,13 +614,15 @@ def tune(
 def supports(mode: str, x: Tensor, weights: LayerWeights) -> bool:
     """Whether this engine can run ``mode`` on ``x`` with ``weights`` (CUDA tensors, or CPU ones
     under the interpreter; float32/bfloat16/float16; sizes addressable with 32-bit offsets)."""
-    if not AVAILABLE or mode not in MODE_CODE or x.dim() != 3 or x.dtype not in DTYPES:
+    dtype = x.dtype
+    if not AVAILABLE or mode not in MODE_CODE or x.dim() != 3 or dtype not in DTYPES:
         return False
     # compiled kernels need CUDA tensors; the interpreter works on CPU ones
-    if x.device.type != ("cpu" if INTERPRETED else "cuda"):
+    device = x.device
+    if device.type != ("cpu" if INTERPRETED else "cuda"):
         return False
     for w in weights:
-        if w is not None and (w.dtype != x.dtype or w.device != x.device):
+        if w is not None and (w.dtype != dtype or w.device != device):
             return False
     T, B, _ = x.shape
     H = weights.weight_hh.shape[1]
@@ -742,14 +757,22 @@ def _launches(n_btiles: int, per_tile: int) -> list[tuple[int, int]]:
     return [(t0, min(g, n_btiles - t0)) for t0 in range(0, n_btiles, g)]
 
 
+#: :func:`_barrier_launches` by plan path, ``block_h``, tiles, ``H`` and multiprocessors
+_BARRIER_LAUNCHES: dict[tuple, list[tuple[int, int]]] = {}
+
+
 def _barrier_launches(plan: Plan, n_btiles: int, hidden_size: int) -> list[tuple[int, int]]:
     """:func:`_launches` of a ``split`` or ``persistent`` plan (their programs meet at step
-    barriers); none for the other paths."""
-    if plan.path == "split":
-        return _launches(n_btiles, _cdiv(hidden_size, plan.block_h))
-    if plan.path == "persistent":
-        return _launches(n_btiles, _blocks_per_program(_cdiv(hidden_size, plan.block_h), n_btiles)[1])
-    return []
+    barriers); none for the other paths. Shared lists: not to be changed."""
+    if plan.path not in ("split", "persistent"):
+        return []
+    key = (plan.path, plan.block_h, n_btiles, hidden_size, _sm_count(), INTERPRETED)
+    found = _BARRIER_LAUNCHES.get(key)
+    if found is None:
+        n_hblocks = _cdiv(hidden_size, plan.block_h)
+        per_tile = n_hblocks if plan.path == "split" else _blocks_per_program(n_hblocks, n_btiles)[1]
+        found = _BARRIER_LAUNCHES[key] = _launches(n_btiles, per_tile)
+    return found
 
 
 def _shared_counters(
@@ -823,6 +846,8 @@ def _launch_synced(kernel, grid: tuple[int], *args, **kwargs) -> None:
 #: Read-only vectors shared by every call that asks, by ``(value, dtype, device)``
 #: (:func:`_shared_full`).
 _SHARED: dict[tuple, list[Tensor]] = {}
+#: the views :func:`_shared_full` handed out, by ``(n, value, dtype, device)``
+_SHARED_VIEWS: dict[tuple, Tensor] = {}
 
 
 def _shared_full(n: int, value: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -831,7 +856,11 @@ def _shared_full(n: int, value: int, dtype: torch.dtype, device: torch.device) -
     column sums, the zeros that stand for a final state's gradient that never came. So calls
     launch no fill, and a graph plan's key sees the same address each call.
     Grown as sizes grow; the smaller ones are kept, as a kernel on another stream may still read
-    them (at most twice the largest in all)."""
+    them (at most twice the largest in all), and so are the views handed out, so a size asked
+    for again gets the same view (a few µs less host work a call)."""
+    view = _SHARED_VIEWS.get((n, value, dtype, device))
+    if view is not None:
+        return view
     kept = _SHARED.setdefault((value, dtype, device), [])
     if not kept or kept[-1].numel() < n:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -844,7 +873,10 @@ def _shared_full(n: int, value: int, dtype: torch.dtype, device: torch.device) -
             kept.append(torch.full((size,), value, dtype=dtype, device=device))
         if device.type == "cuda":  # filled before any stream's kernel reads it
             torch.cuda.current_stream(device).synchronize()
-    return kept[-1][:n]
+    if len(_SHARED_VIEWS) >= 4096:  # sizes that vary call to call (T): start over
+        _SHARED_VIEWS.clear()
+    view = _SHARED_VIEWS[(n, value, dtype, device)] = kept[-1][:n]
+    return view
 
 
 def _replayable(plan: Plan, launches, device: torch.device, tensors) -> None:
@@ -1092,9 +1124,10 @@ class _TritonLayer(torch.autograd.Function):
         # through the same graph (retain_graph) runs the forward kernels again for it
         ctx.save_spent = False
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, out, cs, save)
-        h_n = hn.to(x.dtype)
+        dt = x.dtype  # (fp32 only under the interpreter's split launches)
+        h_n = hn if hn.dtype == dt else hn.to(dt)
         if mode == "lstm":
-            return out, h_n, cn.to(x.dtype)
+            return out, h_n, cn if cn.dtype == dt else cn.to(dt)
         return out, h_n
 
     @staticmethod
