@@ -179,14 +179,17 @@ class Plan:
     the products round as the TF32 ones do, on half the on-chip memory per weight slice (wider
     slices, fewer programs); its range holds ``|W_hh|`` and ``|h|`` up to 65504 (LSTM and GRU
     states stay in [-1, 1] after the first step; the initial state and weights must too). The
-    backward keeps TF32: gate gradients need float32's range. Not a default: not timed on a
-    GPU yet, and there the RNN's results differ from the exact emulation by 1e-3 (LSTM and GRU
-    within 5e-5; found in session 17, not diagnosed). ``graph``: each call's launches (forward:
+    backward keeps TF32: gate gradients need float32's range. Not a default. Its results equal an
+    exact float64 emulation of that rounding to ~1e-6, the emulation starting each step from the
+    kernels' own ``h``; left to run on its own, the emulation's ``h`` rounds to another float16
+    value wherever float32's and float64's straddle a rounding point (a few element steps in 10^4),
+    and the RNN carries that on undamped: 2e-4 to 1e-3 apart at ``B`` = 37, ``T`` = 29 (seen on the
+    H100 in session 17, and in the interpreter alike). ``graph``: each call's launches (forward:
     bias folding, input projection, state copies, kernels; backward: kernels and the gradient
     products) are captured once as a CUDA graph and replayed on later calls over the same buffers
     (:mod:`._graphs`). It takes the host's per-call work off the GPU's critical path: about 1 ms a
-    forward + backward on the lent H100 (run 5b's times fit ``T`` x per-step + 0.8-1.3 ms), a
-    third of the call at ``T`` = 64-256; and, for ``gemm``, its ~40 us a step of host launches.
+    forward + backward on the lent H100 (run 5b's times fit ``T`` x per-step + 0.8-1.3 ms), a third
+    of the call at ``T`` = 64-256; and, for ``gemm``, its ~40 us a step of host launches.
     Timed over the same tensors call after call (run 6), it cut the default's time at 52 of 54
     points (median 0.86x). But a graph replays only a call whose tensors sit where the captured
     ones did, and in a training loop they do not: a language model's 12 steps replayed none of
