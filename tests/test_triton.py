@@ -193,6 +193,19 @@ def test_shared_vectors_are_filled_once_reused_and_grown():
     assert te._shared_full(5, 7, torch.bfloat16, cpu).dtype == torch.bfloat16
 
 
+def test_forced_triton_engine_says_what_it_cannot_run():
+    # engine="triton" on a dtype the kernels lack: a clear error, not a wrong engine; auto, on
+    # the same call, picks another engine (it asks before it picks)
+    from rnnkit.engine import run as engine_run
+    from rnnkit.errors import RnnkitError
+
+    x, state, weights = _as64(*_problem("gru", 2, 3, 4, 8, torch.float32))
+    with pytest.raises(RnnkitError, match="engine='triton' needs .*float64"):
+        engine_run("gru", x, state, weights, engine="triton")
+    out, _ = engine_run("gru", x, state, weights, engine="auto")
+    assert out.dtype == torch.float64
+
+
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
 def test_a_call_under_inference_mode_then_training(monkeypatch, mode):
     # evaluation under torch.inference_mode before training: the shared vectors made by the first

@@ -186,7 +186,8 @@ def run(
     if chosen == "triton":
         from . import triton_engine
 
-        if not triton_engine.supports(mode, x, weights):
+        # auto picks it only where it runs (resolve asked); a forced one says why it cannot
+        if engine == "triton" and not triton_engine.supports(mode, x, weights):
             raise RnnkitError(
                 f"engine='triton' needs Triton and CUDA tensors of float32/bfloat16/float16 "
                 f"(or TRITON_INTERPRET=1 on the CPU); got {x.dtype} on {x.device}"
