@@ -7,7 +7,8 @@
 #    broken barrier shows in seconds, and the fp32 precision switches read and restored under
 #    this machine's torch (every fp32 call reads them);
 # 2. where the peak memory goes (benchmarks/gpu_memory.py, about 30 s), and where a call's host
-#    time goes with the real launches (benchmarks/host_profile.py, cProfile, about 20 s);
+#    time goes with the real launches (benchmarks/host_profile.py, cProfile, about 20 s), and
+#    what one launch costs the host (a torch op, Triton kernels, a cooperative launch);
 # 3. the benchmark (it compiles every kernel variant up front in parallel processes, checks each
 #    Triton path against cuDNN, then times cuDNN, the fused engine and the Triton paths);
 # 4. the other GPU-only correctness tests (most kernels are in Triton's disk cache by then), and

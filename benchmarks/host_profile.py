@@ -14,6 +14,14 @@ and reports per point:
   they live (``triton``, ``torch``, ``rnnkit``, or a builtin such as a kernel launch);
 - ``by_area``: own time per call summed by where it lives.
 
+And, once, ``launch_us``: the host time of one launch, without cProfile (median of repeats of
+``--launches`` launches, the GPU kept ahead of nothing: each launch's work is empty): a torch op
+(``torch.add`` into a preallocated tensor), a Triton kernel of one argument, one of the split
+kernels' size (14 pointers, 8 integers, 4 compile-time switches), and that one launched
+cooperatively as the barrier paths are. Whether Triton's own launch path, or a cooperative
+launch, is what a call's launches cost decides the next lever (PyTorch Inductor launches
+compiled Triton kernels through a launcher of its own for this reason).
+
 On the CPU (no CUDA) the kernels run in Triton's interpreter: the numbers mean nothing there, and
 the run only checks the script (``tests/test_benchmarks.py``).
 
@@ -61,6 +69,59 @@ def _area(filename: str) -> str:
         if f"{os.sep}{area}{os.sep}" in filename:
             return area
     return "other"
+
+
+if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _one_arg_kernel(p0):
+        if tl.program_id(0) < 0:  # never: the launch alone is timed
+            tl.store(p0, 0.0)
+
+    @triton.jit
+    def _split_sized_kernel(
+        p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13,
+        n0, n1, n2, n3, n4, n5, n6, n7,
+        A: tl.constexpr, B: tl.constexpr, C: tl.constexpr, D: tl.constexpr,
+    ):  # fmt: skip
+        if tl.program_id(0) < n0 - n1:  # never (n0 == n1): the launch alone is timed
+            tl.store(p0, (n2 + n3 + n4 + n5 + n6 + n7).to(tl.float32))
+
+
+def launch_costs(launches: int, rounds: int = 5) -> dict:
+    """Host µs of one launch of each kind (see the module docstring), the median of ``rounds``
+    timings of ``launches`` launches each, after warm-up (which compiles)."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    a, b, c = (torch.zeros(16, device=dev) for _ in range(3))
+    ptrs = [torch.zeros(16, device=dev) for _ in range(14)]
+    ints = (7, 7, 1, 2, 3, 4, 5, 6)
+    switches = dict(A=16, B=32, C=True, D="ieee")
+    kinds = {
+        "torch_add": lambda: torch.add(a, b, out=c),
+        "triton_1_arg": lambda: _one_arg_kernel[(1,)](a),
+        "triton_split_sized": lambda: _split_sized_kernel[(1,)](*ptrs, *ints, **switches),
+    }
+    if dev == "cuda":  # the barrier paths' launch; the interpreter has no cooperative launches
+        kinds["triton_split_sized_cooperative"] = lambda: _split_sized_kernel[(1,)](
+            *ptrs, *ints, **switches, launch_cooperative_grid=True
+        )
+    costs = {}
+    for name, launch in kinds.items():
+        for _ in range(3):
+            launch()
+        sync()
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(launches):
+                launch()
+            times.append((time.perf_counter() - start) / launches)
+            sync()
+        costs[name] = round(1e6 * sorted(times)[len(times) // 2], 2)
+    return costs
 
 
 def profile_point(mode: str, dname: str, B: int, T: int, I: int, H: int, calls: int, top: int) -> dict:
@@ -121,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="';'-separated 'mode dtype B T I H' (default: run 6's probe points at T = 8)",
     )
+    ap.add_argument("--launches", type=int, default=200, help="launches a timing of launch_us")
     ap.add_argument("--out", type=Path, default=None, help="JSON to write")
     args = ap.parse_args(argv)
     points = POINTS
@@ -133,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"--points: expected 'mode dtype B T I H' with dtype in {list(DTYPES)}, got {spec!r}"
                 )
             points.append((fields[0], fields[1], *map(int, fields[2:])))
+    launch_us = launch_costs(args.launches)
+    print(f"host us a launch: {launch_us}")
     results = []
     for point in points:
         res = profile_point(*point, calls=args.calls, top=args.top)
@@ -148,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "PYTHONPATH=src python benchmarks/host_profile.py " + " ".join(argv or sys.argv[1:]),
             "machine": bench_gpu.machine() if torch.cuda.is_available() else {"cpu": "interpreter"},
             "unit": "µs of host time per forward + backward call, under cProfile",
+            "launch_us": launch_us,
             "points": results,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -226,7 +226,16 @@ def test_host_profile_reports_where_a_calls_host_time_goes(tmp_path):
     # stand in for the GPU's: the numbers mean nothing, the report's shape is what is checked)
     out = tmp_path / "host_gpu.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "host_profile.py"), "--calls", "1", "--top", "5"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "host_profile.py"),
+        "--calls",
+        "1",
+        "--top",
+        "5",
+        "--launches",
+        "2",
+    ]
     proc = subprocess.run(
         [*cmd, "--points", "lstm fp32 3 4 8 16;gru bf16 2 3 8 40", "--out", str(out)],
         env=env,
@@ -235,7 +244,11 @@ def test_host_profile_reports_where_a_calls_host_time_goes(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    points = json.loads(out.read_text())["points"]
+    doc = json.loads(out.read_text())
+    # one launch's host time of each kind (the cooperative one on CUDA only)
+    assert set(doc["launch_us"]) == {"torch_add", "triton_1_arg", "triton_split_sized"}
+    assert all(v > 0 for v in doc["launch_us"].values())
+    points = doc["points"]
     assert [(p["mode"], p["dtype"], p["H"]) for p in points] == [("lstm", "fp32", 16), ("gru", "bf16", 40)]
     for p in points:
         assert p["host_us"] > 0 and len(p["top"]) == 5
