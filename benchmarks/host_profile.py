@@ -19,8 +19,8 @@ And, once, ``launch_us``: the host time of one launch, without cProfile (median 
 (``torch.add`` into a preallocated tensor), a Triton kernel of one argument, one of the split
 kernels' size (14 pointers, 8 integers, 4 compile-time switches), and that one launched
 cooperatively as the barrier paths are. Whether Triton's own launch path, or a cooperative
-launch, is what a call's launches cost decides the next lever (PyTorch Inductor launches
-compiled Triton kernels through a launcher of its own for this reason).
+launch, is what a call's launches cost decides the next lever (PyTorch Inductor, for one, calls
+its compiled Triton kernels' launchers itself, not through Triton's ``JITFunction.run``).
 
 On the CPU (no CUDA) the kernels run in Triton's interpreter: the numbers mean nothing there, and
 the run only checks the script (``tests/test_benchmarks.py``).
