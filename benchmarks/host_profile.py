@@ -45,6 +45,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_gpu  # noqa: E402
@@ -71,23 +74,20 @@ def _area(filename: str) -> str:
     return "other"
 
 
-if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
-    import triton
-    import triton.language as tl
+@triton.jit
+def _one_arg_kernel(p0):
+    if tl.program_id(0) < 0:  # never: the launch alone is timed
+        tl.store(p0, 0.0)
 
-    @triton.jit
-    def _one_arg_kernel(p0):
-        if tl.program_id(0) < 0:  # never: the launch alone is timed
-            tl.store(p0, 0.0)
 
-    @triton.jit
-    def _split_sized_kernel(
-        p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13,
-        n0, n1, n2, n3, n4, n5, n6, n7,
-        A: tl.constexpr, B: tl.constexpr, C: tl.constexpr, D: tl.constexpr,
-    ):  # fmt: skip
-        if tl.program_id(0) < n0 - n1:  # never (n0 == n1): the launch alone is timed
-            tl.store(p0, (n2 + n3 + n4 + n5 + n6 + n7).to(tl.float32))
+@triton.jit
+def _split_sized_kernel(
+    p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13,
+    n0, n1, n2, n3, n4, n5, n6, n7,
+    A: tl.constexpr, B: tl.constexpr, C: tl.constexpr, D: tl.constexpr,
+):  # fmt: skip
+    if tl.program_id(0) < n0 - n1:  # never (n0 == n1): the launch alone is timed
+        tl.store(p0, (n2 + n3 + n4 + n5 + n6 + n7).to(tl.float32))
 
 
 def launch_costs(launches: int, rounds: int = 5) -> dict:

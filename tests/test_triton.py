@@ -213,15 +213,10 @@ def test_a_call_under_inference_mode_then_training(monkeypatch, mode):
     # inference tensors, which the training call could not save for its backward
     monkeypatch.setattr(te, "_SHARED", {})
     monkeypatch.setattr(te, "_SHARED_VIEWS", {})
-    T, B, I, H = 3, 2, 4, 8
-    G = te.NUM_GATES[mode] * H
-    g = torch.Generator().manual_seed(0)
-    ws = LayerWeights(*(torch.randn(*s, generator=g).requires_grad_() for s in [(G, I), (G, H), (G,), (G,)]))
-    x = torch.randn(T, B, I, generator=g)
-    state = tuple(torch.randn(B, H, generator=g) for _ in range(2 if mode == "lstm" else 1))
+    x, state, ws = _problem(mode, 2, 3, 4, 8, torch.float32)
     with torch.inference_mode():
         te.run(mode, x, state, ws)
-        out, _ = te.run(mode, x, state, ws, torch.tensor([3, 1]))
+        te.run(mode, x, state, ws, torch.tensor([3, 1]))
     assert all(not t.is_inference() for kept in te._SHARED.values() for t in kept)
     out, fin = te.run(mode, x, state, ws)
     torch.autograd.grad([out, *fin], list(ws), [torch.randn_like(out), *map(torch.randn_like, fin)])

@@ -1127,10 +1127,9 @@ class _TritonLayer(torch.autograd.Function):
         # through the same graph (retain_graph) runs the forward kernels again for it
         ctx.save_spent = False
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, out, cs, save)
-        dt = x.dtype  # hn, cn are fp32 only under the interpreter's split launches
-        h_n = hn if hn.dtype == dt else hn.to(dt)
+        h_n = hn.to(x.dtype)  # hn, cn are fp32 only under the interpreter's split launches
         if mode == "lstm":
-            return out, h_n, cn if cn.dtype == dt else cn.to(dt)
+            return out, h_n, cn.to(x.dtype)
         return out, h_n
 
     @staticmethod
